@@ -1,0 +1,50 @@
+"""Checks on user images, done once up front so bad input fails fast with a message that says what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .axes import Layout, make_layout
+from .errors import SelfDenoiseError
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32", "float64")
+MIN_SIZE = 8
+# Finite-check big arrays in pieces so a memory-mapped stack is never loaded whole.
+_CHECK_CHUNK = 16_000_000
+
+
+def check_image(array, axes: str, name: str = "image") -> Layout:
+    """Validate an input array and its axes; return its ``Layout``."""
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+        raise SelfDenoiseError(f"{name} must be an array, got {type(array).__name__}")
+    layout = make_layout(array.shape, axes)
+    dtype = np.dtype(array.dtype)
+    if dtype.name not in SUPPORTED_DTYPES:
+        raise SelfDenoiseError(
+            f"{name} has data type {dtype.name}, which is not supported; "
+            f"convert it to one of {', '.join(SUPPORTED_DTYPES)}"
+        )
+    small = {a: array.shape[layout.axes.index(a)] for a in "YX" if array.shape[layout.axes.index(a)] < MIN_SIZE}
+    if small:
+        sizes = ", ".join(f"{a}={s}" for a, s in small.items())
+        raise SelfDenoiseError(f"{name} is too small ({sizes}); need at least {MIN_SIZE} pixels along Y and X")
+    if dtype.kind == "f" and not _all_finite(array):
+        raise SelfDenoiseError(f"{name} contains NaN or infinite values; replace them (e.g. by 0) first")
+    return layout
+
+
+def _all_finite(array) -> bool:
+    flat = array.reshape(-1) if isinstance(array, np.ndarray) else np.asarray(array).reshape(-1)
+    for start in range(0, flat.size, _CHECK_CHUNK):
+        if not np.isfinite(flat[start : start + _CHECK_CHUNK]).all():
+            return False
+    return True
+
+
+def check_same_axes_shape(arrays, axes: str) -> list[Layout]:
+    """All training inputs share the axes and channel count (sizes may differ)."""
+    layouts = [check_image(a, axes, f"image {i + 1}" if len(arrays) > 1 else "image") for i, a in enumerate(arrays)]
+    channels = {layout.channels for layout in layouts}
+    if len(channels) > 1:
+        raise SelfDenoiseError(f"the images have different channel counts {sorted(channels)}; train on one kind")
+    return layouts

@@ -1,0 +1,303 @@
+"""Read and write images (TIFF / OME-TIFF / ImageJ TIFF and .npy) with their axes and pixel sizes.
+
+Only numpy and tifffile: this module is shared by the CLI and the napari plugin, so it must never
+import Qt or napari.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .axes import default_axes, validate_axes
+from .errors import SelfDenoiseError
+
+TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif / .ome.tiff
+SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff or .npy"
+LAZY_THRESHOLD = 256 * 1024**2  # bytes; bigger files are memory-mapped when lazy is None
+
+# tifffile axis letters -> ours. 'S' is RGB(A) samples, i.e. colour channels. Anything else
+# ('I' = plain image sequence, 'Q' = unknown, ...) is treated as unknown.
+_TIFF_TO_OURS = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "S": "C"}
+
+# Our S (independent samples) has no OME dimension. We write it as tifffile's 'Q', an OME
+# "ModuloAlong" axis of Type="other", tagged with this TypeDescription so read_image can tell
+# our samples from a foreign, unknown 'Q' axis and map it back to S.
+_S_MARKER = "samples"
+
+_UNIT_ALIASES = {"micron": "µm", "microns": "µm", "um": "µm", "μm": "µm", "\\u00b5m": "µm"}
+
+
+@dataclass
+class ImageData:
+    """An image with named axes; ``data`` may be a read-only ``np.memmap``."""
+
+    data: np.ndarray
+    axes: str
+    scale: dict[str, float] = field(default_factory=dict)  # pixel size per axis letter
+    units: dict[str, str] = field(default_factory=dict)
+    path: str | None = None
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def read_image(path, axes: str | None = None, lazy: bool | None = None) -> ImageData:
+    """Read a TIFF or .npy file; ``axes`` overrides the file's metadata.
+
+    ``lazy``: True memory-maps when the file allows it, None does so for files over 256 MB.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SelfDenoiseError(f"file not found: {p}")
+    if p.is_dir():
+        raise SelfDenoiseError(f"{p} is a folder, not an image file; pass a {SUPPORTED} file")
+    if lazy is None:
+        lazy = p.stat().st_size > LAZY_THRESHOLD
+    name = p.name.lower()
+    if name.endswith(TIFF_SUFFIXES):
+        image = _read_tiff(p, axes, lazy)
+    elif name.endswith(".npy"):
+        image = _read_npy(p, axes, lazy)
+    else:
+        raise SelfDenoiseError(f"cannot read {p}: unsupported file type; use a {SUPPORTED} file")
+    if image.data.dtype.kind not in "buif":
+        raise SelfDenoiseError(
+            f"{p} holds {image.data.dtype} data; only numeric (integer or float) images can be used"
+        )
+    return image
+
+
+def _read_npy(p: Path, axes: str | None, lazy: bool) -> ImageData:
+    try:
+        data = np.load(p, mmap_mode="r" if lazy else None, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):  # object arrays need pickle, which can run arbitrary code
+            raise SelfDenoiseError(
+                f"{p} holds Python objects, which are not loaded for safety; "
+                "save a plain numeric array with np.save"
+            ) from None
+        raise SelfDenoiseError(f"cannot read {p} as .npy: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise SelfDenoiseError(f"cannot read {p} as .npy: {exc}") from None
+    if not isinstance(data, np.ndarray):
+        raise SelfDenoiseError(f"{p} does not hold a single array; save one with np.save")
+    axes = validate_axes(axes, data.shape) if axes else default_axes(data.ndim)
+    return ImageData(data, axes, path=str(p))
+
+
+def _read_tiff(p: Path, axes: str | None, lazy: bool) -> ImageData:
+    try:
+        with tifffile.TiffFile(p) as tif:
+            series = tif.series[0]
+            shape = tuple(series.shape)
+            file_axes = _axes_from_tiff(series.axes, tif.ome_metadata if tif.is_ome else None)
+            axes = _choose_axes(p, shape, file_axes, axes)  # before reading: fail fast
+            data = _memmap_or_read(p, series) if lazy else series.asarray()
+            scale, units = _scale_from_tiff(tif)
+    except (SelfDenoiseError, MemoryError):
+        raise
+    except Exception as exc:  # tifffile raises many kinds on corrupt files; none should escape raw
+        raise SelfDenoiseError(f"cannot read {p} as TIFF: {exc}") from None
+    scale = {a: v for a, v in scale.items() if a in axes}
+    units = {a: u for a, u in units.items() if a in scale}
+    return ImageData(data, axes, scale, units, str(p))
+
+
+def _choose_axes(p: Path, shape: tuple[int, ...], file_axes: str | None, axes: str | None) -> str:
+    if axes:
+        return validate_axes(axes, shape)
+    if file_axes is None and len(shape) == 2:
+        file_axes = "YX"  # a plain 2-D TIFF is unambiguous
+    if file_axes is None:
+        example = default_axes(len(shape)) if 2 <= len(shape) <= 5 else "TZYX"
+        raise SelfDenoiseError(
+            f"cannot tell the axes of {p.name} (shape {shape}); pass them, e.g. --axes {example}"
+        )
+    return validate_axes(file_axes, shape)
+
+
+def _axes_from_tiff(tiff_axes: str, ome_xml: str | None) -> str | None:
+    """Map tifffile's axes to ours, or None when any axis is unknown or they clash."""
+    tiff_axes = tiff_axes.upper()
+    if "Q" in tiff_axes and tiff_axes.count("Q") == 1 and _has_samples_marker(ome_xml):
+        tiff_axes = tiff_axes.replace("Q", "_")  # our own S written as Q (see _S_MARKER)
+    ours = "".join("S" if a == "_" else _TIFF_TO_OURS.get(a, "?") for a in tiff_axes)
+    if "?" in ours or len(set(ours)) != len(ours) or "Y" not in ours or "X" not in ours:
+        return None
+    return ours
+
+
+def _has_samples_marker(ome_xml: str | None) -> bool:
+    if not ome_xml:
+        return False
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return False
+    return any(
+        el.tag.split("}")[-1].startswith("ModuloAlong")
+        and el.attrib.get("TypeDescription") == _S_MARKER
+        for el in root.iter()
+    )
+
+
+def _memmap_or_read(p: Path, series) -> np.ndarray:
+    """Memory-map series 0 read-only, or read it fully when it is compressed, tiled, etc."""
+    try:
+        data = tifffile.memmap(p, mode="r")
+    except ValueError:  # "not memory-mappable"
+        return series.asarray()
+    # tifffile may keep length-1 dimensions that series.shape squeezes away
+    shape = tuple(series.shape)
+    return data.reshape(shape) if data.shape != shape else data
+
+
+def _scale_from_tiff(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str]]:
+    """Pixel sizes from OME or ImageJ metadata; any parsing problem just means no scale."""
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            return _scale_from_ome(tif.ome_metadata)
+        if tif.is_imagej and tif.imagej_metadata is not None:
+            return _scale_from_imagej(tif)
+    except Exception:  # metadata is optional; a broken tag must not make the image unreadable
+        pass
+    return {}, {}
+
+
+def _scale_from_ome(ome_xml: str) -> tuple[dict[str, float], dict[str, str]]:
+    pixels = next(el for el in ET.fromstring(ome_xml).iter() if el.tag.endswith("Pixels"))
+    scale, units = {}, {}
+    for axis in "XYZ":
+        value = pixels.attrib.get(f"PhysicalSize{axis}")
+        if value is not None and float(value) > 0:
+            scale[axis] = float(value)
+            units[axis] = _norm_unit(pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm"))
+    return scale, units
+
+
+def _scale_from_imagej(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str]]:
+    meta = tif.imagej_metadata
+    unit = meta.get("unit")
+    unit = _norm_unit(unit) if unit and unit.lower() not in ("pixel", "pixels") else None
+    scale: dict[str, float] = {}
+    tags = tif.pages.first.tags
+    for axis in "XY":
+        tag = tags.get(f"{axis}Resolution")
+        if tag is not None:
+            num, den = tag.value
+            if num > 0 and (unit or num != den):  # 1 pixel per unit and no unit = uncalibrated
+                scale[axis] = den / num  # the tag holds pixels per unit
+    spacing = meta.get("spacing")
+    if spacing and float(spacing) > 0:
+        scale["Z"] = float(spacing)
+    units = {a: unit for a in scale} if unit else {}
+    return scale, units
+
+
+def _norm_unit(unit: str) -> str:
+    return _UNIT_ALIASES.get(unit.strip().lower(), unit.strip())
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def write_image(path, data, axes: str, scale=None, units=None) -> Path:
+    """Write ``data`` atomically as OME-TIFF (.tif/.tiff) or .npy; returns the path written.
+
+    The file appears under its final name only once complete (temporary '.NAME.xxxx.part'
+    file in the same folder, then ``os.replace``).
+    """
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise SelfDenoiseError(f"cannot write {p}: the folder {p.parent} does not exist")
+    data = np.asarray(data)
+    axes = validate_axes(axes, data.shape)
+    name = p.name.lower()
+    if not name.endswith(TIFF_SUFFIXES + (".npy",)):
+        raise SelfDenoiseError(f"cannot write {p}: unsupported file type; use {SUPPORTED}")
+    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        if name.endswith(".npy"):
+            with open(tmp, "wb") as fh:  # a file handle stops np.save from appending '.npy'
+                np.save(fh, data, allow_pickle=False)
+        else:
+            _write_ome(tmp, data, axes, scale or {}, units or {})
+        os.replace(tmp, p)
+    except BaseException:  # includes KeyboardInterrupt: a cancelled write leaves nothing behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
+
+
+def _write_ome(tmp: Path, data: np.ndarray, axes: str, scale: dict, units: dict) -> None:
+    data, axes = _ome_order(data, axes)
+    metadata: dict = {"axes": axes.replace("S", "Q")}
+    if "S" in axes:
+        metadata["TypeDescription"] = {"Q": _S_MARKER}
+    for axis in "XYZ":
+        if axis in axes and scale.get(axis):
+            metadata[f"PhysicalSize{axis}"] = float(scale[axis])
+            if units.get(axis):
+                metadata[f"PhysicalSize{axis}Unit"] = _norm_unit(units[axis])
+    # minisblack: never let tifffile guess RGB from a C axis of length 3 or 4
+    tifffile.imwrite(tmp, data, ome=True, photometric="minisblack", metadata=metadata)
+
+
+def _ome_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """Reorder axes to a layout OME-TIFF can store; the data keep their labels.
+
+    OME needs Y, X last (any other axes keep their order before them). Our S is written as a
+    modulo axis, which must follow a T/Z/C axis or take an unused one; with all of T, Z and C
+    present and S not after one of them, S is moved to right after T. In those cases the file
+    reads back with the same data and labels but a different axes order.
+    """
+    order = [a for a in axes if a not in "YX"] + ["Y", "X"]
+    if "S" in order and all(a in order for a in "TZC"):
+        i = order.index("S")
+        if i == 0 or order[i - 1] not in "TZC":
+            order.remove("S")
+            order.insert(order.index("T") + 1, "S")
+    new_axes = "".join(order)
+    if new_axes == axes:
+        return data, axes
+    return np.transpose(data, [axes.index(a) for a in new_axes]), new_axes
+
+
+# ----------------------------------------------------------------------------------- CLI helper
+
+
+def output_path_for(input_path, out, n_inputs: int) -> Path:
+    """Where the CLI writes the result for ``input_path``.
+
+    One input and ``out`` not an existing folder: ``out`` is the file. Otherwise ``out`` is a
+    folder (created if missing) holding '<input stem>_denoised.ome.tif'.
+    """
+    out = Path(out)
+    if n_inputs == 1 and not out.is_dir():
+        target = out
+    else:
+        if out.exists() and not out.is_dir():
+            raise SelfDenoiseError(
+                f"{out} is a file; with {n_inputs} inputs the output must be a folder"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{_stem(Path(input_path))}_denoised.ome.tif"
+    if target.resolve() == Path(input_path).resolve():
+        raise SelfDenoiseError(f"the output {target} would overwrite the input; choose another")
+    return target
+
+
+def _stem(p: Path) -> str:
+    """File name without its image extension ('a.ome.tif' -> 'a')."""
+    name = p.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return p.stem

@@ -1,0 +1,58 @@
+"""What every method plug-in provides: its network, its masking + loss, and its outputs."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import SelfDenoiseError
+from ..networks import UNet
+
+
+class Method:
+    """Base class of the neural methods. A subclass sets the class attributes and ``training_loss``.
+
+    Tensors are normalised, (B, C, [Z,] Y, X). ``gen`` is a seeded ``torch.Generator`` on the CPU,
+    so masks are reproducible whatever the device.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    paper: ClassVar[str]
+    # "neural" methods train a network with the Trainer; "classic" ones are calibrated filters.
+    kind: ClassVar[str] = "neural"
+    n2v2_network: ClassVar[bool] = False
+    # Names of the prediction outputs; each has the input's channel count.
+    outputs: ClassVar[tuple[str, ...]] = ("denoised",)
+    # Option name -> default value; user options are checked against these names.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            known = ", ".join(self.defaults) or "none"
+            raise SelfDenoiseError(
+                f"method {self.name!r} has no option {', '.join(unknown)}; its options are: {known}"
+            )
+        self.options = {**self.defaults, **options}
+
+    def build_network(self, channels: int, dims: int, depth: int, features: int) -> torch.nn.Module:
+        return UNet(channels, channels * len(self.outputs), dims, depth, features, self.n2v2_network)
+
+    def architecture(self, channels: int, dims: int, depth: int, features: int) -> dict[str, Any]:
+        """The arguments of ``build_network``'s U-Net, stored in model files to rebuild it."""
+        return {"in_channels": channels, "out_channels": channels * len(self.outputs), "dims": dims,
+                "depth": depth, "features": features, "n2v2": self.n2v2_network}
+
+    def training_loss(self, net, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, net, x: torch.Tensor) -> torch.Tensor:
+        """Inference on normalised input; returns ``len(outputs) * C`` channels."""
+        return net(x)
+
+    def denormalize_output(self, name: str, values, normalization):
+        """Bring an output back to the input's units (denoised: offset and scale; stds: scale only)."""
+        return normalization.invert(values)

@@ -1,0 +1,117 @@
+"""Blind-spot masks and the replacement values put at masked pixels, shared by all methods.
+
+Masks are boolean (B, [Z,] Y, X) tensors: one position masks every channel, so correlated channels
+cannot leak the hidden value. Everything runs on the batch's device; randomness comes from ``gen``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+
+def _rand_int(high: int, size, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, high, size, generator=gen)
+
+
+def grid_mask(shape, spacing: int, gen: torch.Generator, device=None) -> torch.Tensor:
+    """Noise2Self's J: one random phase of a ``spacing``-periodic grid, drawn per sample."""
+    batch, *spatial = shape
+    phases = _rand_int(spacing, (batch, len(spatial)), gen)
+    mask = torch.ones(shape, dtype=torch.bool)
+    for axis, size in enumerate(spatial):
+        coord = torch.arange(size)
+        view = [1] * len(spatial)
+        view[axis] = size
+        on_grid = (coord[None, :] - phases[:, axis : axis + 1]) % spacing == 0  # (B, size)
+        mask &= on_grid.reshape(batch, *view)
+    return mask.to(device)
+
+
+def stratified_mask(shape, fraction: float, gen: torch.Generator, device=None) -> torch.Tensor:
+    """Noise2Void's blind spots: one random pixel in each box holding ``1 / fraction`` pixels."""
+    batch, *spatial = shape
+    box = max(1, round((1.0 / fraction) ** (1.0 / len(spatial))))
+    counts = [-(-size // box) for size in spatial]  # ceil
+    grids = torch.meshgrid(*[torch.arange(c) * box for c in counts], indexing="ij")
+    starts = torch.stack([g.reshape(-1) for g in grids], dim=1)  # (boxes, dims)
+    offsets = _rand_int(box, (batch, starts.shape[0], len(spatial)), gen)
+    coords = starts[None] + offsets  # (B, boxes, dims)
+    inside = (coords < torch.tensor(spatial)).all(dim=-1)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    b = torch.arange(batch)[:, None].expand_as(inside)
+    mask[(b[inside], *coords[inside].unbind(-1))] = True
+    return mask.to(device)
+
+
+def donut_mean(x: torch.Tensor) -> torch.Tensor:
+    """Each pixel replaced by a weighted mean of its neighbours (itself excluded), reflect padding."""
+    dims = x.dim() - 2
+    taps = torch.tensor([0.5, 1.0, 0.5], device=x.device, dtype=x.dtype)
+    kernel = taps
+    for _ in range(dims - 1):
+        kernel = kernel[..., None] * taps
+    kernel = kernel.clone()
+    kernel[(1,) * dims] = 0
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    weight = kernel.expand(channels, 1, *kernel.shape)
+    padded = F.pad(x, (1, 1) * dims, mode="reflect" if dims == 2 else "replicate")
+    conv = F.conv2d if dims == 2 else F.conv3d
+    return conv(padded, weight, groups=channels)
+
+
+def replace_with_donut_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask[:, None], donut_mean(x), x)
+
+
+def _neighbour_offsets(dims: int, radius: int) -> torch.Tensor:
+    offsets = [o for o in itertools.product(range(-radius, radius + 1), repeat=dims) if any(o)]
+    return torch.tensor(offsets)
+
+
+def _gather_neighbours(x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor):
+    """Values of each masked pixel's neighbours at ``offsets``: (n_masked, C, n_offsets), mirrored at borders."""
+    index = mask.nonzero()  # (n, 1 + dims)
+    b, coords = index[:, 0], index[:, 1:]
+    sizes = torch.tensor(mask.shape[1:], device=x.device)
+    neighbours = coords[:, None, :] + offsets.to(x.device)[None]  # (n, k, dims)
+    neighbours = neighbours.abs()  # mirror at 0
+    neighbours = torch.where(neighbours >= sizes, 2 * (sizes - 1) - neighbours, neighbours)
+    k = offsets.shape[0]
+    values = x[(b[:, None].expand(-1, k), slice(None), *neighbours.unbind(-1))]
+    # Advanced indices first, then the channel slice: (n, k, C) -> (n, C, k).
+    return index, values.permute(0, 2, 1)
+
+
+def replace_with_random_neighbour(x, mask, gen: torch.Generator, radius: int = 2) -> torch.Tensor:
+    """N2V: each masked pixel takes the value of one random pixel of its (2r+1)^d window, not itself."""
+    offsets = _neighbour_offsets(x.dim() - 2, radius)
+    n = int(mask.sum())
+    choice = offsets[_rand_int(offsets.shape[0], (n,), gen)]  # (n, dims)
+    index = mask.nonzero()
+    b, coords = index[:, 0], index[:, 1:]
+    sizes = torch.tensor(mask.shape[1:], device=x.device)
+    picked = (coords + choice.to(x.device)).abs()
+    picked = torch.where(picked >= sizes, 2 * (sizes - 1) - picked, picked)
+    out = x.clone()
+    out[(b, slice(None), *coords.unbind(-1))] = x[(b, slice(None), *picked.unbind(-1))]
+    return out
+
+
+def replace_with_neighbour_median(x, mask, radius: int = 2) -> torch.Tensor:
+    """N2V2: each masked pixel takes the median of its (2r+1)^d window without itself."""
+    index, values = _gather_neighbours(x, mask, _neighbour_offsets(x.dim() - 2, radius))
+    b, coords = index[:, 0], index[:, 1:]
+    out = x.clone()
+    out[(b, slice(None), *coords.unbind(-1))] = values.median(dim=-1).values
+    return out
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked positions (all channels)."""
+    weights = mask[:, None].to(prediction.dtype)
+    squared = (prediction.float() - target.float()) ** 2 * weights
+    return squared.sum() / (weights.sum() * prediction.shape[1]).clamp_min(1)

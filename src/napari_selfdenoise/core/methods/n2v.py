@@ -1,0 +1,37 @@
+"""Noise2Void (Krull et al., CVPR 2019) and N2V2 (Hoeck et al., ECCV-W 2022)."""
+
+from __future__ import annotations
+
+from .base import Method
+from .masking import (masked_mse, replace_with_neighbour_median, replace_with_random_neighbour,
+                      stratified_mask)
+
+
+class Noise2Void(Method):
+    name = "n2v"
+    title = "Noise2Void"
+    paper = "Krull, Buchholz & Jug, Noise2Void - Learning Denoising from Single Noisy Images, CVPR 2019"
+    # 0.2 % blind spots, replaced from a 5x5 window, as in the paper.
+    defaults = {"mask_fraction": 0.002, "radius": 2}
+
+    def _mask(self, batch, gen):
+        return stratified_mask((batch.shape[0], *batch.shape[2:]), float(self.options["mask_fraction"]),
+                               gen, batch.device)
+
+    def _replace(self, batch, mask, gen):
+        return replace_with_random_neighbour(batch, mask, gen, int(self.options["radius"]))
+
+    def training_loss(self, net, batch, gen):
+        mask = self._mask(batch, gen)
+        return masked_mse(net(self._replace(batch, mask, gen)), batch, mask)
+
+
+class Noise2Void2(Noise2Void):
+    name = "n2v2"
+    title = "N2V2"
+    paper = ("Hoeck, Buchholz, Jug et al., N2V2 - Fixing Noise2Void Checkerboard Artifacts with "
+             "Modified Sampling Strategies and a Tweaked Network Architecture, ECCV Workshops 2022")
+    n2v2_network = True
+
+    def _replace(self, batch, mask, gen):
+        return replace_with_neighbour_median(batch, mask, int(self.options["radius"]))

@@ -1,0 +1,152 @@
+"""Model files: one zip holding a JSON header and safetensors weights. Loading never unpickles.
+
+Layout of ``model.sdmodel`` (a plain zip; open it with any unzip tool):
+    selfdenoise.json      format, format_version, package version, config, normalisation, architecture, history
+    weights.safetensors   the network's best-validation weights
+    training.safetensors  optional: optimizer moments, to resume training (scalars live in the JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .. import __version__
+from .errors import ModelFileError, SelfDenoiseError
+
+FORMAT = "napari-selfdenoise-model"
+FORMAT_VERSION = 1
+HEADER, WEIGHTS, TRAINING = "selfdenoise.json", "weights.safetensors", "training.safetensors"
+# Refuse absurd entries (zip bombs): no model of ours is near this.
+_MAX_ENTRY_BYTES = 2 * 1024**3
+_MAX_RATIO = 200
+
+
+@dataclass
+class ModelContents:
+    header: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    training: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def save_model(path, header: dict[str, Any], weights: dict[str, torch.Tensor],
+               training: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write atomically: a temporary file in the same folder, renamed when complete."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise SelfDenoiseError(f"the folder {path.parent} does not exist; create it first")
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **header}
+    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
+    tmp.close()
+    try:
+        with zipfile.ZipFile(tmp.name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(HEADER, json.dumps(header, indent=2, default=_json_default))
+            archive.writestr(WEIGHTS, save_safetensors(_contiguous(weights)))
+            if training:
+                archive.writestr(TRAINING, save_safetensors(_contiguous(training)))
+        os.replace(tmp.name, path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path) -> ModelContents:
+    """Read a model file; any problem becomes one ``ModelFileError`` that says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a napari-selfdenoise model file (not a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if HEADER not in names or WEIGHTS not in names:
+                raise ModelFileError(f"{path} is a zip file but not a napari-selfdenoise model "
+                                     f"(it lacks {HEADER} or {WEIGHTS})")
+            header = _read_header(archive, path)
+            weights = _read_tensors(archive, WEIGHTS, path)
+            training = _read_tensors(archive, TRAINING, path) if TRAINING in names else {}
+    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as err:
+        raise ModelFileError(f"{path} is damaged or truncated ({err}); save or copy it again") from err
+    return ModelContents(header, weights, training)
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, path) -> bytes:
+    info = archive.getinfo(name)
+    if info.file_size > _MAX_ENTRY_BYTES or info.file_size > _MAX_RATIO * max(info.compress_size, 1) + 1024**2:
+        raise ModelFileError(f"{path}: entry {name} is implausibly large; refusing to unpack it")
+    return archive.read(name)
+
+
+def _read_header(archive, path) -> dict[str, Any]:
+    try:
+        header = json.loads(_read_entry(archive, HEADER, path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: the model header is not valid JSON ({err})") from err
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a napari-selfdenoise model file (unknown format)")
+    version = header.get("format_version")
+    if not isinstance(version, int):
+        raise ModelFileError(f"{path}: the model header has no valid format_version")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was saved by a newer napari-selfdenoise (model format {version}, this version "
+            f"reads up to {FORMAT_VERSION}, package {__version__}); upgrade napari-selfdenoise to load it"
+        )
+    for key in ("config", "normalization", "architecture"):
+        if key not in header:
+            raise ModelFileError(f"{path}: the model header lacks {key!r}; the file is incomplete")
+    return header
+
+
+def _read_tensors(archive, name: str, path) -> dict[str, torch.Tensor]:
+    data = _read_entry(archive, name, path)
+    try:
+        # safetensors is a JSON header plus raw bytes: parsing it cannot run code.
+        return load_safetensors(data)
+    except Exception as err:  # safetensors raises its own error types
+        raise ModelFileError(f"{path}: {name} is not valid safetensors data ({type(err).__name__}); "
+                             "the file is damaged or was not written by napari-selfdenoise") from err
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a model header")
+
+
+def flatten_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a torch optimizer state dict into tensors (for safetensors) and JSON-able rest."""
+    tensors, scalars = {}, {"param_groups": state["param_groups"], "state": {}}
+    for param_id, entries in state["state"].items():
+        scalars["state"][str(param_id)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                tensors[f"{param_id}.{key}"] = value
+            else:
+                scalars["state"][str(param_id)][key] = float(value)
+    return tensors, scalars
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for param_id, entries in scalars["state"].items():
+        state[int(param_id)] = {k: torch.tensor(v) for k, v in entries.items()}
+    for name, tensor in tensors.items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = tensor
+    return {"state": state, "param_groups": scalars["param_groups"]}

@@ -1,0 +1,103 @@
+"""U-Net for 2D and 3D, with the N2V2 variant (blur-pool downsampling, no top skip connection)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def _conv(dims: int):
+    return nn.Conv2d if dims == 2 else nn.Conv3d
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3(x3) convolutions with ReLU; no batch norm (it costs ~2x on the CPU and helps little here)."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int):
+        conv = _conv(dims)
+        super().__init__(
+            conv(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
+            conv(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True),
+        )
+
+
+class MaxBlurPool(nn.Module):
+    """N2V2's anti-aliased downsampling: max over 2x2 with stride 1, then a [1,2,1] blur with stride 2."""
+
+    def __init__(self, dims: int, channels: int):
+        super().__init__()
+        self.dims, self.channels = dims, channels
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = taps
+        for _ in range(dims - 1):
+            kernel = kernel[..., None] * taps
+        kernel = kernel / kernel.sum()
+        self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).contiguous(), persistent=False)
+
+    def forward(self, x):
+        pad = (0, 1) * self.dims
+        if self.dims == 2:
+            x = F.max_pool2d(F.pad(x, pad, mode="replicate"), 2, stride=1)
+            x = F.conv2d(F.pad(x, (1, 1) * 2, mode="reflect"), self.kernel, stride=2, groups=self.channels)
+        else:
+            x = F.max_pool3d(F.pad(x, pad, mode="replicate"), 2, stride=1)
+            x = F.conv3d(F.pad(x, (1, 1) * 3, mode="replicate"), self.kernel, stride=2, groups=self.channels)
+        return x
+
+
+class UNet(nn.Module):
+    """A plain U-Net: ``depth`` poolings, ``features`` channels at the top, doubled per level.
+
+    ``n2v2=True`` swaps max-pooling for MaxBlurPool and drops the top skip connection, the two changes
+    that remove Noise2Void's checkerboard artefacts (Hoeck et al. 2022).
+    Spatial sizes must be multiples of ``2**depth`` (prediction pads to that).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, dims: int = 2, depth: int = 2,
+                 features: int = 32, n2v2: bool = False):
+        super().__init__()
+        self.dims, self.depth, self.n2v2 = dims, depth, n2v2
+        widths = [features * 2**level for level in range(depth + 1)]
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        c = in_channels
+        for level in range(depth):
+            self.encoders.append(ConvBlock(dims, c, widths[level]))
+            self.downs.append(MaxBlurPool(dims, widths[level]) if n2v2 else
+                              (nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2)))
+            c = widths[level]
+        self.bottleneck = ConvBlock(dims, c, widths[depth])
+        self.decoders = nn.ModuleList()
+        for level in reversed(range(depth)):
+            skip = 0 if (n2v2 and level == 0) else widths[level]
+            self.decoders.append(ConvBlock(dims, widths[level + 1] + skip, widths[level]))
+        self.head = _conv(dims)(widths[0], out_channels, 1)
+
+    def forward(self, x):
+        skips = []
+        for encode, down in zip(self.encoders, self.downs):
+            x = encode(x)
+            skips.append(x)
+            x = down(x)
+        x = self.bottleneck(x)
+        for level, decode in zip(reversed(range(self.depth)), self.decoders):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if not (self.n2v2 and level == 0):
+                x = torch.cat([x, skips[level]], dim=1)
+            x = decode(x)
+        return self.head(x)
+
+
+def receptive_radius(depth: int) -> int:
+    """A safe bound on how far (in pixels) an output pixel sees, for tile halos."""
+    # Two 3x3 convs per block: radius 2 * 2**level on the way down and up, 2 * 2**depth at the bottom,
+    # plus the pooling/blur footprint at each level.
+    down_up = sum(4 * 2**level + 2 * 2**level for level in range(depth))
+    return down_up + 2 * 2**depth + 2
+
+
+def build_unet(architecture: dict) -> UNet:
+    """Build a U-Net from the ``architecture`` dict stored in model files (keys: UNet's arguments)."""
+    allowed = {"in_channels", "out_channels", "dims", "depth", "features", "n2v2"}
+    return UNet(**{k: v for k, v in architecture.items() if k in allowed})

@@ -1,0 +1,66 @@
+"""Per-channel intensity normalisation, fitted on the training data and stored with the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Statistics are estimated on at most this many values per channel, so huge stacks stay cheap.
+_MAX_VALUES = 4_000_000
+
+
+@dataclass
+class Normalization:
+    """``normalised = (raw - offset) / scale``, one offset and scale per channel."""
+
+    mode: str
+    offset: list[float]
+    scale: list[float]
+
+    @classmethod
+    def fit(cls, canonical, mode: str = "percentile", percentiles=(0.5, 99.5), seed: int = 0):
+        """Fit on a canonical (N, C, ...) array (numpy, memory-map or dask)."""
+        offsets, scales = [], []
+        for c in range(canonical.shape[1]):
+            values = _subsample(canonical, c, seed)
+            if mode == "percentile":
+                low, high = np.percentile(values, percentiles)
+                offset, scale = low, high - low
+            else:
+                offset, scale = values.mean(), values.std()
+            if not np.isfinite(scale) or scale <= 0:
+                scale = float(np.abs(values).max()) or 1.0  # flat image: keep units sane
+            offsets.append(float(offset))
+            scales.append(float(scale))
+        return cls(mode, offsets, scales)
+
+    def _broadcast(self, values, ndim: int):
+        return np.asarray(values, dtype=np.float32).reshape((1, -1) + (1,) * (ndim - 2))
+
+    def apply(self, canonical: np.ndarray) -> np.ndarray:
+        x = np.asarray(canonical, dtype=np.float32)
+        return (x - self._broadcast(self.offset, x.ndim)) / self._broadcast(self.scale, x.ndim)
+
+    def invert(self, normalised: np.ndarray) -> np.ndarray:
+        x = np.asarray(normalised, dtype=np.float32)
+        return x * self._broadcast(self.scale, x.ndim) + self._broadcast(self.offset, x.ndim)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "offset": self.offset, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Normalization":
+        return cls(str(data["mode"]), [float(v) for v in data["offset"]], [float(v) for v in data["scale"]])
+
+
+def _subsample(canonical, channel: int, seed: int) -> np.ndarray:
+    """Up to ``_MAX_VALUES`` values of one channel, reading whole samples at random."""
+    n = canonical.shape[0]
+    per_sample = int(np.prod(canonical.shape[2:]))
+    take = max(1, min(n, _MAX_VALUES // max(per_sample, 1)))
+    picks = np.sort(np.random.default_rng(seed).choice(n, size=take, replace=False))
+    values = np.concatenate([np.asarray(canonical[i, channel]).ravel() for i in picks])
+    if values.size > _MAX_VALUES:
+        values = values[:: values.size // _MAX_VALUES + 1]
+    return values.astype(np.float64)

@@ -1,0 +1,174 @@
+"""The Trainer: a generator of progress events that trains any registered method.
+
+Front ends (widget, CLI, tests) iterate over ``Trainer.run()``; each event says where training is.
+``stop()`` ends it cleanly at the next step; the best-validation weights are kept either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .device import prefers_channels_last, resolve_device
+from .methods import Method
+from .patches import PatchSampler, split_regions, validation_patch_count
+
+
+@dataclass
+class ProgressEvent:
+    step: int
+    max_steps: int | None
+    epoch: int
+    train_loss: float
+    val_loss: float | None  # set on validation steps only
+    best_val_loss: float | None
+    lr: float
+    elapsed: float  # seconds of training (pauses excluded)
+    patches_per_second: float
+    done: bool = False
+    stopped: bool = False  # ended by stop() rather than by the budget
+    extra: dict = field(default_factory=dict)  # method-specific live data (e.g. noise curves)
+
+    @property
+    def fraction(self) -> float | None:
+        """Progress in [0, 1] by steps, or None when only wall time bounds the run."""
+        return None if not self.max_steps else min(1.0, self.step / self.max_steps)
+
+
+@dataclass
+class TrainingState:
+    """What a run needs to resume: counters, history, optimizer and scheduler."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    best_val_loss: float | None = None
+    history: dict = field(default_factory=lambda: {"step": [], "train_loss": [], "val_loss": [], "lr": []})
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, method: Method, network: torch.nn.Module, sources,
+                 normalization, state: TrainingState | None = None):
+        """``sources`` are canonical (N, C, [Z,] Y, X) arrays (numpy or memory-maps), not normalised."""
+        self.config, self.method, self.network = config, method, network
+        self.normalization = normalization
+        self.state = state or TrainingState()
+        self.device = resolve_device(config.device)
+        self._stop_requested = False
+        dims = sources[0].ndim - 2
+        self.patch_shape = ((min(config.patch_z, sources[0].shape[2]),) if dims == 3 else ()) + (config.patch,) * 2
+        train, val, self.split_note = split_regions(sources, self.patch_shape, config.val_fraction)
+        self.sampler = PatchSampler(sources, train, self.patch_shape, normalization, config.seed)
+        val_sampler = PatchSampler(sources, val, self.patch_shape, normalization, config.seed + 1)
+        self.val_patches = val_sampler.fixed_set(validation_patch_count(val, self.patch_shape))
+        self.best_weights = copy.deepcopy(network.state_dict())
+
+    def stop(self):
+        """Ask the run to end after the current step (thread-safe: it only sets a flag)."""
+        self._stop_requested = True
+
+    def _setup(self):
+        memory_format = torch.channels_last if prefers_channels_last(self.device) and self.network.dims == 2 \
+            else torch.contiguous_format
+        self.memory_format = memory_format
+        self.network.to(self.device, memory_format=memory_format)
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=10)
+        if self.state.optimizer:
+            optimizer.load_state_dict(self.state.optimizer)
+        if self.state.scheduler:
+            scheduler.load_state_dict(self.state.scheduler)
+        self.amp_dtype = None
+        if self.device.type == "cuda" and self.config.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        return optimizer, scheduler
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device).contiguous(memory_format=self.memory_format)
+
+    def _loss(self, batch, gen):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            return self.method.training_loss(self.network, batch, gen)
+
+    def validate(self) -> float:
+        self.network.eval()
+        gen = torch.Generator().manual_seed(self.config.seed + 12345)  # same masks every time
+        losses = []
+        with torch.no_grad():
+            for start in range(0, len(self.val_patches), self.config.batch):
+                chunk = self._to_device(self.val_patches[start : start + self.config.batch])
+                losses.append(float(self._loss(chunk, gen)) * len(chunk))
+        self.network.train()
+        return sum(losses) / len(self.val_patches)
+
+    def run(self):
+        """Train until the budget or ``stop()``; yields a ``ProgressEvent`` after every step."""
+        config, state = self.config, self.state
+        torch.manual_seed(config.seed + state.step)
+        gen = torch.Generator().manual_seed(config.seed + state.step)
+        optimizer, scheduler = self._setup()
+        max_steps = config.max_steps
+        if max_steps is not None and state.step > 0:
+            max_steps += state.step  # a resumed run trains for the budget again
+        recent = deque(maxlen=config.steps_per_epoch)
+        self._first_step = state.step
+        start_time, start_elapsed = time.perf_counter(), state.elapsed
+        self.network.train()
+        while True:
+            batch = self._to_device(self.sampler.batch(config.batch))
+            loss = self._loss(batch, gen)
+            optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            state.step += 1
+            state.elapsed = start_elapsed + time.perf_counter() - start_time
+            recent.append(loss.item())
+            out_of_time = config.time_limit is not None and state.elapsed - start_elapsed >= config.time_limit
+            finished = (max_steps is not None and state.step >= max_steps) or out_of_time
+            ending = finished or self._stop_requested
+            val_loss = None
+            if state.step % config.steps_per_epoch == 0 or ending:
+                val_loss = self.validate()
+                scheduler.step(val_loss)
+                self._record(val_loss, float(np.mean(recent)), optimizer)
+            yield self._event(state, max_steps, recent, val_loss, optimizer, ending, start_elapsed)
+            if ending:
+                break
+        state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+        self.network.load_state_dict(self.best_weights)
+        self.network.to("cpu", memory_format=torch.contiguous_format)
+
+    def _record(self, val_loss, train_loss, optimizer):
+        state = self.state
+        if not math.isfinite(val_loss):
+            return
+        if state.best_val_loss is None or val_loss < state.best_val_loss:
+            state.best_val_loss = val_loss
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+        for key, value in (("step", state.step), ("train_loss", train_loss), ("val_loss", val_loss),
+                           ("lr", optimizer.param_groups[0]["lr"])):
+            state.history[key].append(value)
+
+    def _event(self, state, max_steps, recent, val_loss, optimizer, ending, start_elapsed):
+        run_time = max(state.elapsed - start_elapsed, 1e-9)
+        return ProgressEvent(
+            step=state.step, max_steps=max_steps, epoch=state.step // self.config.steps_per_epoch,
+            train_loss=float(np.mean(recent)), val_loss=val_loss, best_val_loss=state.best_val_loss,
+            lr=optimizer.param_groups[0]["lr"], elapsed=state.elapsed,
+            patches_per_second=(state.step - self._first_step) * self.config.batch / run_time,
+            done=ending, stopped=ending and self._stop_requested,
+        )
