@@ -66,7 +66,8 @@ class Trainer:
         dims = sources[0].ndim - 2
         self.patch_shape = ((min(config.patch_z, sources[0].shape[2]),) if dims == 3 else ()) + (config.patch,) * 2
         train, val, self.split_note = split_regions(sources, self.patch_shape, config.val_fraction)
-        self.sampler = PatchSampler(sources, train, self.patch_shape, normalization, config.seed)
+        # Offset by the step so a resumed run draws new patches rather than replaying the first ones.
+        self.sampler = PatchSampler(sources, train, self.patch_shape, normalization, config.seed + self.state.step)
         val_sampler = PatchSampler(sources, val, self.patch_shape, normalization, config.seed + 1)
         self.val_patches = val_sampler.fixed_set(validation_patch_count(val, self.patch_shape))
         self.best_weights = copy.deepcopy(network.state_dict())
@@ -120,10 +121,11 @@ class Trainer:
         if max_steps is not None and state.step > 0:
             max_steps += state.step  # a resumed run trains for the budget again
         recent = deque(maxlen=config.steps_per_epoch)
-        self._first_step = state.step
-        start_time, start_elapsed = time.perf_counter(), state.elapsed
-        self.network.train()
+        self._first_step, start_elapsed = state.step, state.elapsed
         while True:
+            # Only time spent in here counts: a paused consumer (GUI pause, evaluation) costs nothing.
+            tick = time.perf_counter()
+            self.network.train()
             batch = self._to_device(self.sampler.batch(config.batch))
             loss = self._loss(batch, gen)
             optimizer.zero_grad(set_to_none=True)
@@ -135,9 +137,9 @@ class Trainer:
                 loss.backward()
                 optimizer.step()
             state.step += 1
-            state.elapsed = start_elapsed + time.perf_counter() - start_time
             recent.append(loss.item())
-            out_of_time = config.time_limit is not None and state.elapsed - start_elapsed >= config.time_limit
+            out_of_time = config.time_limit is not None and \
+                state.elapsed + time.perf_counter() - tick - start_elapsed >= config.time_limit
             finished = (max_steps is not None and state.step >= max_steps) or out_of_time
             ending = finished or self._stop_requested
             val_loss = None
@@ -145,6 +147,7 @@ class Trainer:
                 val_loss = self.validate()
                 scheduler.step(val_loss)
                 self._record(val_loss, float(np.mean(recent)), optimizer)
+            state.elapsed += time.perf_counter() - tick
             yield self._event(state, max_steps, recent, val_loss, optimizer, ending, start_elapsed)
             if ending:
                 break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,15 +20,14 @@ def _rand_int(high: int, size, gen: torch.Generator) -> torch.Tensor:
 def grid_mask(shape, spacing: int, gen: torch.Generator, device=None) -> torch.Tensor:
     """Noise2Self's J: one random phase of a ``spacing``-periodic grid, drawn per sample."""
     batch, *spatial = shape
-    phases = _rand_int(spacing, (batch, len(spatial)), gen)
-    mask = torch.ones(shape, dtype=torch.bool)
+    phases = _rand_int(spacing, (batch, len(spatial)), gen).numpy()
+    mask = np.ones(shape, dtype=bool)  # numpy: tiny ops here cost less than torch's dispatch
     for axis, size in enumerate(spatial):
-        coord = torch.arange(size)
-        view = [1] * len(spatial)
-        view[axis] = size
-        on_grid = (coord[None, :] - phases[:, axis : axis + 1]) % spacing == 0  # (B, size)
-        mask &= on_grid.reshape(batch, *view)
-    return mask.to(device)
+        on_grid = (np.arange(size)[None, :] - phases[:, axis : axis + 1]) % spacing == 0  # (B, size)
+        view = [batch] + [1] * len(spatial)
+        view[axis + 1] = size
+        mask &= on_grid.reshape(view)
+    return torch.from_numpy(mask).to(device)
 
 
 def stratified_mask(shape, fraction: float, gen: torch.Generator, device=None) -> torch.Tensor:
@@ -47,20 +47,23 @@ def stratified_mask(shape, fraction: float, gen: torch.Generator, device=None) -
 
 
 def donut_mean(x: torch.Tensor) -> torch.Tensor:
-    """Each pixel replaced by a weighted mean of its neighbours (itself excluded), reflect padding."""
+    """Each pixel replaced by a weighted mean of its 3^d neighbours, itself excluded (reflect padding).
+
+    Direct neighbours weigh 1, diagonal ones 0.5 (0.25 for 3-D corners). Shifted slices instead of a
+    depthwise convolution: about 3x faster on the CPU for training-sized batches.
+    """
     dims = x.dim() - 2
-    taps = torch.tensor([0.5, 1.0, 0.5], device=x.device, dtype=x.dtype)
-    kernel = taps
-    for _ in range(dims - 1):
-        kernel = kernel[..., None] * taps
-    kernel = kernel.clone()
-    kernel[(1,) * dims] = 0
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    weight = kernel.expand(channels, 1, *kernel.shape)
     padded = F.pad(x, (1, 1) * dims, mode="reflect" if dims == 2 else "replicate")
-    conv = F.conv2d if dims == 2 else F.conv3d
-    return conv(padded, weight, groups=channels)
+    size = x.shape[2:]
+    total, weight_sum = torch.zeros_like(x), 0.0
+    for offset in itertools.product((-1, 0, 1), repeat=dims):
+        if not any(offset):
+            continue
+        weight = 0.5 ** (sum(map(abs, offset)) - 1)
+        window = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, size))
+        total += weight * padded[(Ellipsis, *window)]
+        weight_sum += weight
+    return total / weight_sum
 
 
 def replace_with_donut_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

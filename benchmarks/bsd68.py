@@ -1,0 +1,102 @@
+"""B1: BSD68 with Gaussian noise sigma=25 at a fixed CPU wall-time budget (see ../shared/BENCHMARKS.md).
+
+Trains each method self-supervised on the 400 noisy Train400 images only, evaluates the 68 noisy BSD68
+images against their clean versions (PSNR, peak 255, no clipping) at checkpoints of training time, so the
+result is a PSNR-against-wall-time curve. Evaluation time is not counted as training time.
+
+    python benchmarks/bsd68.py --minutes 10 --methods n2s,n2v,n2v2,classic --out benchmarks/results/bsd68.json
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from skimage.io import imread
+
+from _common import base_parser, machine, psnr, save
+from napari_selfdenoise import Denoiser
+
+
+def load(data):
+    train = np.load(data / "Train400" / "train400_gaussian25_seed400025_int16.npz")
+    train = np.stack([train[k] for k in sorted(train.files)]).astype(np.float32)
+    test = np.load(data / "BSD68" / "bsd68_gaussian25_seed68025_int16.npz")
+    names = sorted(test.files)
+    noisy = [test[k].astype(np.float32) for k in names]
+    clean = [imread(data / "BSD68" / "clean" / f"{k}.png").astype(np.float32) for k in names]
+    return train, noisy, clean
+
+
+def evaluate(model, noisy, clean, tta=False) -> tuple[float, float]:
+    start = time.perf_counter()
+    scores = [psnr(c, model.predict(n, axes="YX", tta=tta)) for n, c in zip(noisy, clean)]
+    return float(np.mean(scores)), time.perf_counter() - start
+
+
+def run_neural(method, args, train, noisy, clean):
+    model = Denoiser(method, "SYX", time_limit=args.minutes * 60, batch=args.batch, patch=args.patch,
+                     lr=args.lr, depth=args.depth, features=args.features, steps_per_epoch=200, seed=args.seed,
+                     device=args.device)
+    checkpoints = sorted(float(m) * 60 for m in args.checkpoints.split(",") if float(m) < args.minutes)
+    curve, last = [], None
+    for event in model.train(train):
+        last = event
+        if checkpoints and event.elapsed >= checkpoints[0]:
+            checkpoints.pop(0)
+            score, _ = evaluate(model, noisy, clean)
+            curve.append({"minutes": round(event.elapsed / 60, 2), "step": event.step, "psnr": round(score, 3)})
+            print(f"  {method}: {event.elapsed / 60:5.1f} min, step {event.step}: {score:.2f} dB", flush=True)
+    score, predict_seconds = evaluate(model, noisy, clean)
+    curve.append({"minutes": round(last.elapsed / 60, 2), "step": last.step, "psnr": round(score, 3)})
+    print(f"  {method}: final (best-validation weights) step {last.step}: {score:.2f} dB", flush=True)
+    result = {"psnr": round(score, 3), "steps": last.step, "train_seconds": round(last.elapsed, 1),
+              "seconds_per_step": round(last.elapsed / last.step, 4), "curve": curve,
+              "predict_seconds_68_images": round(predict_seconds, 1)}
+    if args.tta:
+        result["psnr_tta"] = round(evaluate(model, noisy, clean, tta=True)[0], 3)
+    return result
+
+
+def run_classic(noisy, clean):
+    from napari_selfdenoise.core.classic import calibrate_and_denoise
+
+    start, scores, chosen = time.perf_counter(), [], []
+    for n, c in zip(noisy, clean):
+        denoised, result = calibrate_and_denoise(n, axes="YX")
+        scores.append(psnr(c, denoised))
+        chosen.append(f"{result.denoiser}({result.parameter_name}={result.parameter:.3g})")
+    best = max(set(chosen), key=chosen.count)
+    return {"psnr": round(float(np.mean(scores)), 3), "seconds": round(time.perf_counter() - start, 1),
+            "most_chosen": best}
+
+
+def main():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="n2s,n2v,n2v2,classic")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--checkpoints", default="1,2,5,10,20", help="minutes at which to evaluate")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tta", action="store_true", help="also report 8x test-time augmentation")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train, noisy, clean = load(args.data)
+    results = {"benchmark": "B1 BSD68 sigma=25", "machine": machine(), "budget_minutes": args.minutes,
+               "settings": {k: getattr(args, k) for k in ("batch", "patch", "lr", "depth", "features", "seed")},
+               "input_psnr": round(float(np.mean([psnr(c, n) for n, c in zip(noisy, clean)])), 3), "methods": {}}
+    print(f"input PSNR {results['input_psnr']:.2f} dB", flush=True)
+    for method in args.methods.split(","):
+        print(f"{method} ...", flush=True)
+        results["methods"][method] = (run_classic(noisy, clean) if method == "classic"
+                                      else run_neural(method, args, train, noisy, clean))
+    save(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""B4: training throughput per method, FLOP utilisation, and prediction throughput (see ../shared/BENCHMARKS.md).
+
+- Training: patch pixels per second for each method at one architecture (U-Net depth 2, 32 features,
+  batch 16 x 64^2 in 2D), and that step's FLOPs (counted by torch) divided by step time, against the
+  machine's measured float32 matmul peak.
+- Prediction: megapixels per second on a 2048 x 2048 image and on a Z x 512 x 512 volume (2D model
+  slice by slice, and a 3D model), 1 pass and with 8x test-time augmentation.
+
+    python benchmarks/speed.py --out benchmarks/results/speed.json
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from _common import base_parser, machine, save
+from napari_selfdenoise import Denoiser
+from napari_selfdenoise.core.methods import method_names
+
+
+def matmul_peak(device: str, size: int = 4096, repeats: int = 5) -> float:
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def training_speed(method: str, steps: int, device: str) -> dict:
+    data = np.random.default_rng(0).random((8, 256, 256), dtype=np.float32)
+    model = Denoiser(method, "SYX", steps=steps + 3, batch=16, patch=64, steps_per_epoch=10_000,
+                     val_fraction=0.0, device=device)
+    events = model.train(data)
+    for _ in range(3):  # warm-up
+        next(events)
+    start_elapsed = model.state.elapsed
+    for _ in range(steps):
+        event = next(events)
+    seconds = (event.elapsed - start_elapsed) / steps
+    flops = _step_flops(model)
+    return {"seconds_per_step": round(seconds, 4), "patch_pixels_per_second": round(16 * 64 * 64 / seconds),
+            "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / seconds / 1e9, 1)}
+
+
+def _step_flops(model) -> float:
+    batch = torch.randn(16, 1, 64, 64, device=next(model.network.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = model.method.training_loss(model.network, batch, torch.Generator().manual_seed(0))
+        loss.backward()
+    model.network.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def prediction_speed(shape, axes: str, dims_model: int, tta: bool, device: str, tile=None) -> dict:
+    model = Denoiser("n2v2", "ZYX" if dims_model == 3 else "YX", steps=1, patch=32, patch_z=8, batch=2,
+                     val_fraction=0.0, device=device)
+    small = np.random.default_rng(0).random((16, 64, 64) if dims_model == 3 else (64, 64), dtype=np.float32)
+    model.fit(small)
+    image = np.random.default_rng(1).random(shape, dtype=np.float32)
+    start = time.perf_counter()
+    model.predict(image, axes=axes, tta=tta, tile=tile)
+    seconds = time.perf_counter() - start
+    return {"shape": list(shape), "axes": axes, "model": f"{dims_model}D", "tta": tta,
+            "seconds": round(seconds, 2), "megapixels_per_second": round(image.size / seconds / 1e6, 3)}
+
+
+def main():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--volume-z", type=int, default=64)
+    parser.add_argument("--skip-3d-model", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {"benchmark": "B4 speed", "machine": machine()}
+    peak = matmul_peak(args.device)
+    results["matmul_peak_gflops"] = round(peak / 1e9, 1)
+    results["training"] = {}
+    for method in method_names(include_classic=False):
+        r = training_speed(method, args.steps, args.device)
+        r["utilisation_percent"] = round(100 * r["achieved_gflops"] * 1e9 / peak, 1)
+        results["training"][method] = r
+        print(method, r, flush=True)
+    runs = [((2048, 2048), "YX", 2, False), ((2048, 2048), "YX", 2, True),
+            ((args.volume_z, 512, 512), "SYX", 2, False), ((args.volume_z, 512, 512), "SYX", 2, True)]
+    if not args.skip_3d_model:
+        runs += [((args.volume_z, 512, 512), "ZYX", 3, False)]
+    results["prediction"] = []
+    for shape, axes, dims, tta in runs:
+        r = prediction_speed(shape, axes, dims, tta, args.device)
+        results["prediction"].append(r)
+        print(r, flush=True)
+    save(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
