@@ -35,7 +35,10 @@ class TrainConfig:
     features: int = 32
     # Fraction of the data held out for validation (whole samples when there are many).
     val_fraction: float = 0.1
-    normalization: str = "percentile"
+    # Emit a noise-level curve (on a fixed validation crop) every this many steps; 0 turns it off.
+    curve_every: int = 100
+    # "auto" lets the method choose (percentile for most; mean/std for n2same, whose lambda assumes it).
+    normalization: str = "auto"
     percentiles: tuple[float, float] = (0.5, 99.5)
     # Method-specific options (e.g. ``grid`` for n2s, ``mask_fraction`` for n2v); see each method.
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -54,8 +57,8 @@ class TrainConfig:
             raise SelfDenoiseError("time_limit must be a positive number of seconds")
         if not 0 <= self.val_fraction < 1:
             raise SelfDenoiseError("val_fraction must be in [0, 1)")
-        if self.normalization not in ("percentile", "meanstd"):
-            raise SelfDenoiseError("normalization must be 'percentile' or 'meanstd'")
+        if self.normalization not in ("auto", "percentile", "meanstd"):
+            raise SelfDenoiseError("normalization must be 'auto', 'percentile' or 'meanstd'")
         if self.patch % (2**self.depth):
             raise SelfDenoiseError(
                 f"patch {self.patch} must be a multiple of {2**self.depth} (2**depth)"

@@ -19,7 +19,7 @@ from .errors import SelfDenoiseError
 from .methods import get_method
 from .modelfile import (flatten_optimizer_state, load_model, save_model,
                         unflatten_optimizer_state)
-from .networks import build_unet
+from .networks import build_network
 from .normalize import Normalization
 from .prediction import TiledPredictor
 from .training import ProgressEvent, Trainer, TrainingState
@@ -74,15 +74,16 @@ class Denoiser:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.architecture = self.method.architecture(channels, dims, cfg.depth, cfg.features)
-        self.network = build_unet(self.architecture)
-        self.normalization = Normalization.fit(_first_sources(sources), cfg.normalization, cfg.percentiles, cfg.seed)
+        self.network = build_network(self.architecture)
+        mode = self.method.preferred_normalization if cfg.normalization == "auto" else cfg.normalization
+        self.normalization = Normalization.fit(_first_sources(sources), mode, cfg.percentiles, cfg.seed)
 
     def _check_compatible(self, layout) -> None:
         dims = 3 if layout.is_3d else 2
         if dims != self.architecture["dims"]:
             want = "3D (with a Z axis)" if self.architecture["dims"] == 3 else "2D (without a Z axis)"
             raise SelfDenoiseError(f"this model is {want}, but the image axes are {layout.axes!r}")
-        if layout.channels * len(self.method.outputs) != self.architecture["out_channels"]:
+        if layout.channels != self.architecture["in_channels"]:
             raise SelfDenoiseError(
                 f"this model expects {self.architecture['in_channels']} channel(s), the image has {layout.channels}"
             )
@@ -154,7 +155,7 @@ class Denoiser:
             model = cls(config=TrainConfig.from_dict(header["config"]))
             model.architecture = dict(header["architecture"])
             model.normalization = Normalization.from_dict(header["normalization"])
-            model.network = build_unet(model.architecture)
+            model.network = build_network(model.architecture)
             model.network.load_state_dict(contents.weights)
         except (TypeError, KeyError, ValueError, RuntimeError) as err:
             if isinstance(err, SelfDenoiseError):

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ def load_model(path) -> ModelContents:
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":  # a zip's start without its end: cut short
+                raise ModelFileError(f"{path} is damaged or truncated (the zip archive is incomplete); "
+                                     "save or copy it again")
         raise ModelFileError(f"{path} is not a napari-selfdenoise model file (not a zip archive)")
     try:
         with zipfile.ZipFile(path) as archive:
@@ -76,7 +81,7 @@ def load_model(path) -> ModelContents:
             header = _read_header(archive, path)
             weights = _read_tensors(archive, WEIGHTS, path)
             training = _read_tensors(archive, TRAINING, path) if TRAINING in names else {}
-    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as err:
+    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, zlib.error) as err:
         raise ModelFileError(f"{path} is damaged or truncated ({err}); save or copy it again") from err
     return ModelContents(header, weights, training)
 

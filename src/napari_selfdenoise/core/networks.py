@@ -101,3 +101,66 @@ def build_unet(architecture: dict) -> UNet:
     """Build a U-Net from the ``architecture`` dict stored in model files (keys: UNet's arguments)."""
     allowed = {"in_channels", "out_channels", "dims", "depth", "features", "n2v2"}
     return UNet(**{k: v for k, v in architecture.items() if k in allowed})
+
+
+class NoiseHead(nn.Module):
+    """N-net: maps the signal estimate, pixel by pixel, to a noise distribution around it.
+
+    Pointwise (1x1 convolutions), so the output is a pure function of the local signal: exactly the
+    noise-level function sigma(signal) a microscopist wants to read off. Per channel and component k it
+    outputs a weight logit, a mean offset and a std (``mixture`` = 1 gives a single Gaussian).
+    """
+
+    def __init__(self, channels: int, dims: int, mixture: int = 1, features: int = 32):
+        super().__init__()
+        conv = _conv(dims)
+        self.channels, self.mixture = channels, mixture
+        self.body = nn.Sequential(
+            conv(channels, features, 1), nn.SiLU(), conv(features, features, 1), nn.SiLU(),
+            conv(features, channels * mixture * 3, 1),
+        )
+
+    def forward(self, signal):
+        """Returns (weights, offsets, sigmas), each (B, C, K, ...): weights sum to 1, offsets are centred
+        so the mixture's mean is the signal, sigmas are > 0."""
+        raw = self.body(signal)
+        b, _, *spatial = raw.shape
+        raw = raw.reshape(b, self.channels, 3, self.mixture, *spatial)
+        weights = torch.softmax(raw[:, :, 0], dim=2)
+        offsets = raw[:, :, 1] if self.mixture > 1 else torch.zeros_like(raw[:, :, 1])
+        offsets = offsets - (weights * offsets).sum(dim=2, keepdim=True)
+        sigmas = F.softplus(raw[:, :, 2]) + 1e-3
+        return weights, offsets, sigmas
+
+
+def mixture_std(weights, offsets, sigmas):
+    """Std of the mixture (its mean is the signal): sqrt(sum_k w_k (sigma_k^2 + mu_k^2))."""
+    return torch.sqrt((weights * (sigmas**2 + offsets**2)).sum(dim=2))
+
+
+class NNet(nn.Module):
+    """D-net (a U-Net predicting the signal) and N-net (the noise head on its output), trained jointly."""
+
+    def __init__(self, in_channels: int = 1, dims: int = 2, depth: int = 2, features: int = 32,
+                 n2v2: bool = False, mixture: int = 1, noise_features: int = 32):
+        super().__init__()
+        self.dims = dims
+        self.denoiser = UNet(in_channels, in_channels, dims, depth, features, n2v2)
+        self.noise = NoiseHead(in_channels, dims, mixture, noise_features)
+
+    def forward(self, x):
+        signal = self.denoiser(x)
+        return signal, self.noise(signal)
+
+
+def build_network(architecture: dict) -> nn.Module:
+    """Rebuild a network from the ``architecture`` dict stored in model files."""
+    kind = architecture.get("kind", "unet")
+    if kind == "nnet":
+        allowed = {"in_channels", "dims", "depth", "features", "n2v2", "mixture", "noise_features"}
+        return NNet(**{k: v for k, v in architecture.items() if k in allowed})
+    if kind != "unet":
+        from .errors import ModelFileError
+
+        raise ModelFileError(f"unknown network kind {kind!r}; this model needs a newer napari-selfdenoise")
+    return build_unet(architecture)

@@ -17,7 +17,9 @@ import torch
 
 from .config import TrainConfig
 from .device import prefers_channels_last, resolve_device
+from .errors import SelfDenoiseError
 from .methods import Method
+from .noise import noise_curve
 from .patches import PatchSampler, split_regions, validation_patch_count
 
 
@@ -64,12 +66,20 @@ class Trainer:
         self.device = resolve_device(config.device)
         self._stop_requested = False
         dims = sources[0].ndim - 2
-        self.patch_shape = ((min(config.patch_z, sources[0].shape[2]),) if dims == 3 else ()) + (config.patch,) * 2
+        self.patch_shape = (config.patch,) * 2
+        if dims == 3:  # Z patch: at most the thinnest stack, a multiple of 2**depth (the U-Net pools Z too)
+            planes, multiple = min(s.shape[2] for s in sources), 2**config.depth
+            patch_z = min(config.patch_z, planes) // multiple * multiple
+            if patch_z < 1:
+                raise SelfDenoiseError(f"3D models need stacks of at least {multiple} Z planes (2**depth); this one "
+                                       f"has {planes}: use a smaller depth, or axes without Z for a 2D model")
+            self.patch_shape = (patch_z, *self.patch_shape)
         train, val, self.split_note = split_regions(sources, self.patch_shape, config.val_fraction)
         # Offset by the step so a resumed run draws new patches rather than replaying the first ones.
         self.sampler = PatchSampler(sources, train, self.patch_shape, normalization, config.seed + self.state.step)
         val_sampler = PatchSampler(sources, val, self.patch_shape, normalization, config.seed + 1)
         self.val_patches = val_sampler.fixed_set(validation_patch_count(val, self.patch_shape))
+        self.curve_crop = self.val_patches[:8]
         self.best_weights = copy.deepcopy(network.state_dict())
 
     def stop(self):
@@ -111,6 +121,18 @@ class Trainer:
         self.network.train()
         return sum(losses) / len(self.val_patches)
 
+    def noise_curve(self):
+        """The noise-level curve on the fixed validation crop, in raw units (cheap: one small forward)."""
+        self.network.eval()
+        with torch.no_grad():
+            out = self.method.predict(self.network, self._to_device(self.curve_crop)).float().cpu().numpy()
+        self.network.train()
+        c = self.curve_crop.shape[1]
+        outputs = {name: self.method.denormalize_output(name, out[:, k * c : (k + 1) * c], self.normalization)
+                   for k, name in enumerate(self.method.outputs)}
+        raw = self.normalization.invert(self.curve_crop)
+        return noise_curve(raw, outputs["denoised"], outputs.get("noise_std"))
+
     def run(self):
         """Train until the budget or ``stop()``; yields a ``ProgressEvent`` after every step."""
         config, state = self.config, self.state
@@ -147,9 +169,26 @@ class Trainer:
                 val_loss = self.validate()
                 scheduler.step(val_loss)
                 self._record(val_loss, float(np.mean(recent)), optimizer)
+            event = self._event(state, max_steps, recent, val_loss, optimizer, ending, start_elapsed)
+            if config.curve_every and (state.step % config.curve_every == 0 or ending):
+                event.extra["noise_curve"] = self.noise_curve()
             state.elapsed += time.perf_counter() - tick
-            yield self._event(state, max_steps, recent, val_loss, optimizer, ending, start_elapsed)
+            event.elapsed = state.elapsed
+            yield event
             if ending:
+                break
+            if self._stop_requested:  # stop() came between steps (e.g. from this event's consumer): end here
+                tick = time.perf_counter()
+                if val_loss is None:
+                    val_loss = self.validate()
+                    scheduler.step(val_loss)
+                    self._record(val_loss, float(np.mean(recent)), optimizer)
+                event = self._event(state, max_steps, recent, val_loss, optimizer, True, start_elapsed)
+                if config.curve_every:
+                    event.extra["noise_curve"] = self.noise_curve()
+                state.elapsed += time.perf_counter() - tick
+                event.elapsed = state.elapsed
+                yield event
                 break
         state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
         self.network.load_state_dict(self.best_weights)

@@ -7,7 +7,9 @@ from typing import Any
 from ..errors import SelfDenoiseError
 from .base import Method
 from .n2s import Noise2Self
+from .n2same import Noise2Same
 from .n2v import Noise2Void, Noise2Void2
+from .nnet import NoiseModelNet
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -17,7 +19,7 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (Noise2Self, Noise2Void, Noise2Void2):
+for _cls in (Noise2Self, Noise2Void, Noise2Void2, Noise2Same, NoiseModelNet):
     register(_cls)
 
 # The classical baselines are not trained by the Trainer; they are listed so every front end offers them.

@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import SelfDenoiseError
-from ..networks import UNet
 
 
 class Method:
@@ -23,6 +22,8 @@ class Method:
     # "neural" methods train a network with the Trainer; "classic" ones are calibrated filters.
     kind: ClassVar[str] = "neural"
     n2v2_network: ClassVar[bool] = False
+    # Normalisation used when the config says "auto".
+    preferred_normalization: ClassVar[str] = "percentile"
     # Names of the prediction outputs; each has the input's channel count.
     outputs: ClassVar[tuple[str, ...]] = ("denoised",)
     # Option name -> default value; user options are checked against these names.
@@ -38,12 +39,9 @@ class Method:
             )
         self.options = {**self.defaults, **options}
 
-    def build_network(self, channels: int, dims: int, depth: int, features: int) -> torch.nn.Module:
-        return UNet(channels, channels * len(self.outputs), dims, depth, features, self.n2v2_network)
-
     def architecture(self, channels: int, dims: int, depth: int, features: int) -> dict[str, Any]:
-        """The arguments of ``build_network``'s U-Net, stored in model files to rebuild it."""
-        return {"in_channels": channels, "out_channels": channels * len(self.outputs), "dims": dims,
+        """The network's description, stored in model files; ``networks.build_network`` builds it."""
+        return {"kind": "unet", "in_channels": channels, "out_channels": channels, "dims": dims,
                 "depth": depth, "features": features, "n2v2": self.n2v2_network}
 
     def training_loss(self, net, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -53,7 +53,8 @@ def donut_mean(x: torch.Tensor) -> torch.Tensor:
     depthwise convolution: about 3x faster on the CPU for training-sized batches.
     """
     dims = x.dim() - 2
-    padded = F.pad(x, (1, 1) * dims, mode="reflect" if dims == 2 else "replicate")
+    # Reflect, never replicate: replicate padding makes a border pixel its own neighbour (a leak).
+    padded = F.pad(x, (1, 1) * dims, mode="reflect" if min(x.shape[2:]) > 1 else "replicate")
     size = x.shape[2:]
     total, weight_sum = torch.zeros_like(x), 0.0
     for offset in itertools.product((-1, 0, 1), repeat=dims):
@@ -75,14 +76,25 @@ def _neighbour_offsets(dims: int, radius: int) -> torch.Tensor:
     return torch.tensor(offsets)
 
 
+def _mirror(coords: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """``coords + offsets`` mirrored into range (reflect: -1 -> 1). Where that lands on the pixel itself
+    (offset -2 at index 1, +2 at size - 2), the opposite offset is taken: a blind spot never sees itself."""
+
+    def reflect(p):
+        p = p.abs()
+        return torch.where(p >= sizes, 2 * (sizes - 1) - p, p)
+
+    picked = reflect(coords + offsets)
+    itself = (picked == coords).all(dim=-1, keepdim=True)
+    return torch.where(itself, reflect(coords - offsets), picked)
+
+
 def _gather_neighbours(x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor):
     """Values of each masked pixel's neighbours at ``offsets``: (n_masked, C, n_offsets), mirrored at borders."""
     index = mask.nonzero()  # (n, 1 + dims)
     b, coords = index[:, 0], index[:, 1:]
     sizes = torch.tensor(mask.shape[1:], device=x.device)
-    neighbours = coords[:, None, :] + offsets.to(x.device)[None]  # (n, k, dims)
-    neighbours = neighbours.abs()  # mirror at 0
-    neighbours = torch.where(neighbours >= sizes, 2 * (sizes - 1) - neighbours, neighbours)
+    neighbours = _mirror(coords[:, None, :], offsets.to(x.device)[None], sizes)  # (n, k, dims)
     k = offsets.shape[0]
     values = x[(b[:, None].expand(-1, k), slice(None), *neighbours.unbind(-1))]
     # Advanced indices first, then the channel slice: (n, k, C) -> (n, C, k).
@@ -97,8 +109,7 @@ def replace_with_random_neighbour(x, mask, gen: torch.Generator, radius: int = 2
     index = mask.nonzero()
     b, coords = index[:, 0], index[:, 1:]
     sizes = torch.tensor(mask.shape[1:], device=x.device)
-    picked = (coords + choice.to(x.device)).abs()
-    picked = torch.where(picked >= sizes, 2 * (sizes - 1) - picked, picked)
+    picked = _mirror(coords, choice.to(x.device), sizes)
     out = x.clone()
     out[(b, slice(None), *coords.unbind(-1))] = x[(b, slice(None), *picked.unbind(-1))]
     return out
@@ -109,7 +120,11 @@ def replace_with_neighbour_median(x, mask, radius: int = 2) -> torch.Tensor:
     index, values = _gather_neighbours(x, mask, _neighbour_offsets(x.dim() - 2, radius))
     b, coords = index[:, 0], index[:, 1:]
     out = x.clone()
-    out[(b, slice(None), *coords.unbind(-1))] = values.median(dim=-1).values
+    # The true median (mean of the two middle values for an even count, like numpy); torch's
+    # ``median`` would return the lower one.
+    ordered = values.sort(dim=-1).values
+    k = ordered.shape[-1]
+    out[(b, slice(None), *coords.unbind(-1))] = (ordered[..., (k - 1) // 2] + ordered[..., k // 2]) / 2
     return out
 
 

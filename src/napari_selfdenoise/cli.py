@@ -1,0 +1,652 @@
+"""The ``selfdenoise`` command line: train, predict, calibrate, demo and info.
+
+    selfdenoise demo                                   # synthetic data, ~30-60 s on 2 CPU cores
+    selfdenoise train noisy.tif --method n2v2 --steps 2000 --out cells.sdmodel
+    selfdenoise predict cells.sdmodel noisy.tif --out denoised.ome.tif
+    selfdenoise calibrate noisy.tif --out classic.ome.tif --report calibration.json
+    selfdenoise info cells.sdmodel
+
+Exit codes: 0 success; 2 a bad request or bad input (one line ``selfdenoise: error: ...`` on stderr,
+no traceback, nothing written); 130 interrupted (Ctrl-C; nothing written). Any other code means a bug.
+
+Every input is checked before any work starts, and models and images are written atomically at the
+very end, so a failed or interrupted run leaves no partial files behind.
+
+Importing this module is light (no torch): the heavy engine is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .core.errors import SelfDenoiseError
+
+PROG = "selfdenoise"
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+
+# The demo: a 256x256 image, and a small network that reaches a >= 3 dB gain (about 5 dB) in
+# 400 steps, i.e. ~20-40 s on 2 CPU cores.
+DEMO_SHAPE = (256, 256)
+DEMO_STEPS = 400
+DEMO_CONFIG = {"patch": 64, "batch": 8, "features": 16, "depth": 2}
+DEMO_NOISE = {"kind": "poisson_gaussian", "photons": 30, "sigma": 0.03}
+
+
+# ------------------------------------------------------------------------------ argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but every error ends with one line ``selfdenoise: error: ...`` (exit code 2)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        command = self.prog[len(PROG):].strip()
+        self.exit(EXIT_ERROR, f"{PROG}: error: {command + ': ' if command else ''}{message}\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills ``{methods}`` and ``{devices}`` only when help is shown: listing them imports torch."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "{methods}" in text:
+            from .core.methods import method_names
+
+            text = text.replace("{methods}", ", ".join(method_names(include_classic=False)))
+        if "{devices}" in text:
+            from .core.device import available_devices
+
+            text = text.replace("{devices}", ", ".join(available_devices()))
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, formatter_class=_HelpFormatter, description=(
+        "Self-supervised denoising of microscopy images: train on your noisy images alone, then "
+        "denoise them.\nStart with 'selfdenoise demo'. Exit codes: 0 ok, 2 bad input or request, "
+        "130 interrupted."))
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    common = _Parser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    # ---- train
+    p = commands.add_parser("train", parents=[common], formatter_class=_HelpFormatter,
+                            help="train a model on noisy images",
+                            description="Train a self-supervised denoiser on one or more noisy images.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images (.tif, .ome.tif, .npy)")
+    p.add_argument("--out", "-o", required=True, metavar="MODEL", help="model file to write (.sdmodel)")
+    p.add_argument("--method", default="n2v2", metavar="METHOD", help="one of: {methods} (default n2v2)")
+    p.add_argument("--axes", help="axes of the inputs, e.g. YX, ZYX, TYX, CYX (default: from the file)")
+    budget = p.add_argument_group("budget (the first one reached ends training; none given: 2000 steps)")
+    budget.add_argument("--steps", type=int, help="training steps")
+    budget.add_argument("--epochs", type=int, help="epochs (of --steps-per-epoch steps)")
+    budget.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall-clock limit in seconds")
+    budget.add_argument("--steps-per-epoch", type=int, default=100, help="steps between validations (default 100)")
+    p.add_argument("--patch", type=int, default=64, help="patch size in Y and X (default 64)")
+    p.add_argument("--patch-z", type=int, default=16, help="patch size in Z, for 3D (default 16)")
+    p.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
+    p.add_argument("--lr", type=float, default=4e-4, help="learning rate (default 4e-4)")
+    p.add_argument("--depth", type=int, default=2, help="U-Net poolings (default 2)")
+    p.add_argument("--features", type=int, default=32, help="U-Net channels at the top level (default 32)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. --option mask_fraction=0.01 (repeatable; values are JSON "
+                        "when they parse as JSON)")
+    p.set_defaults(func=cmd_train)
+
+    # ---- predict
+    p = commands.add_parser("predict", parents=[common], formatter_class=_HelpFormatter,
+                            help="denoise images with a trained model",
+                            description="Denoise images with a model; outputs are float32 OME-TIFF in the "
+                                        "input's units.")
+    p.add_argument("model", metavar="MODEL", help="model file (.sdmodel)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images to denoise")
+    p.add_argument("--out", "-o", required=True, metavar="OUTPUT",
+                   help="output file (one input) or folder (several inputs: <name>_denoised.ome.tif)")
+    p.add_argument("--axes", help="axes of the inputs (default: from the file, else the model's)")
+    p.add_argument("--tile", type=int, help="tile size in Y and X (default 512; smaller uses less memory)")
+    p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower, a bit better)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default 4)")
+    p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
+    p.add_argument("--noise-std", metavar="STD_OUTPUT",
+                   help="also write the predicted noise standard deviation (models with a noise_std output)")
+    p.set_defaults(func=cmd_predict)
+
+    # ---- calibrate
+    from_names = "median, donut_median, gaussian, tv, nl_means, wavelet"
+    p = commands.add_parser("calibrate", parents=[common], formatter_class=_HelpFormatter,
+                            help="classical baseline: pick a filter by the self-supervised loss",
+                            description="Classical denoising calibrated without clean data (Noise2Self "
+                                        "loss): tries each filter over a parameter grid, keeps the best.")
+    p.add_argument("input", metavar="INPUT", help="noisy image")
+    p.add_argument("--out", "-o", required=True, metavar="OUTPUT", help="denoised image to write")
+    p.add_argument("--axes", help="axes of the input (default: from the file)")
+    p.add_argument("--denoisers", metavar="NAMES", help=f"comma-separated, from: {from_names} (default all)")
+    p.add_argument("--report", metavar="REPORT.json", help="write the chosen filter and loss curves as JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+    # ---- demo
+    p = commands.add_parser("demo", parents=[common], formatter_class=_HelpFormatter,
+                            help="denoise a synthetic image end to end and report the PSNR gain",
+                            description="Make a noisy synthetic fluorescence image, train briefly, denoise "
+                                        "it and report PSNR before and after.")
+    p.add_argument("--out", "-o", default="selfdenoise-demo", metavar="FOLDER",
+                   help="folder for the results (default ./selfdenoise-demo)")
+    p.add_argument("--method", default="n2v2", metavar="METHOD", help="one of: {methods} (default n2v2)")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps (default {DEMO_STEPS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image, the noise and training (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
+    p.set_defaults(func=cmd_demo)
+
+    # ---- info
+    p = commands.add_parser("info", parents=[common], formatter_class=_HelpFormatter,
+                            help="describe a model file", description="Describe a model file.")
+    p.add_argument("model", metavar="MODEL", help="model file (.sdmodel)")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_usage(sys.stderr)
+        return _fail("give a command: train, predict, calibrate, demo or info (try 'selfdenoise demo')")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+    except (SelfDenoiseError, OSError) as err:  # OSError: FileNotFoundError, PermissionError, disk full...
+        return _fail(_message(err))
+    except MemoryError:
+        return _fail("out of memory; use smaller images, --tile or --batch")
+    except RuntimeError as err:
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, on a GPU
+            return _fail("the device ran out of memory; use a smaller --tile/--batch-size or --device cpu")
+        raise
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        reason = err.strerror or str(err)
+        return f"{reason.lower() if reason else 'cannot access'}: {err.filename}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    sys.stderr.flush()
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+# ------------------------------------------------------------------------------ shared helpers
+
+
+def _say(*args):
+    print(*args, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _loss(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def _check_device(name: str):
+    from .core.device import resolve_device
+
+    return resolve_device(name)
+
+
+def _check_method(name: str) -> str:
+    from .core.methods import CLASSIC, method_names
+
+    names = method_names(include_classic=False)
+    if name not in names:
+        hint = " (the classic baseline is 'selfdenoise calibrate')" if name == CLASSIC else ""
+        raise SelfDenoiseError(f"unknown method {name!r}{hint}; choose one of: {', '.join(names)}")
+    return name
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SelfDenoiseError(f"--option {pair!r} must look like KEY=VALUE, e.g. mask_fraction=0.01")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _check_output_file(path, what: str = "output", suffixes=None) -> Path:
+    """A file we will write at the end: its folder exists, it is not a folder, its type is known."""
+    path = Path(path)
+    if path.is_dir():
+        raise SelfDenoiseError(f"the {what} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} is not writable")
+    if suffixes and not path.name.lower().endswith(suffixes):
+        raise SelfDenoiseError(f"cannot write {path}: use a name ending in {', '.join(suffixes)}")
+    return path
+
+
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
+
+
+def _read(path, axes: str | None, fallback_axes: str | None = None, lazy: bool | None = None):
+    """Read an image: ``axes`` if given, else the file's metadata, else ``fallback_axes``."""
+    from .core.io import read_image
+
+    if axes:
+        return read_image(path, axes=axes, lazy=lazy)
+    if fallback_axes and str(path).lower().endswith(".npy"):
+        # .npy files carry no axes: the model's, when the dimensions match
+        import numpy as np
+
+        if not Path(path).is_file():
+            return read_image(path, lazy=lazy)  # the usual "file not found" message
+        try:
+            ndim = np.load(path, mmap_mode="r", allow_pickle=False).ndim
+        except Exception:  # let read_image say what is wrong with the file
+            ndim = None
+        return read_image(path, axes=fallback_axes if ndim == len(fallback_axes) else None, lazy=lazy)
+    try:
+        return read_image(path, lazy=lazy)
+    except SelfDenoiseError:
+        if not fallback_axes:
+            raise
+        try:
+            return read_image(path, axes=fallback_axes, lazy=lazy)
+        except SelfDenoiseError:
+            pass
+        raise
+
+
+def _check_input(image, name: str):
+    from .core.data import check_image
+
+    return check_image(image.data, image.axes, name)
+
+
+class _TileProgress:
+    """``progress(done, total)`` callback that drives a tqdm bar created on the first call."""
+
+    def __init__(self, desc: str, quiet: bool):
+        self.desc, self.quiet, self.bar = desc, quiet, None
+
+    def __call__(self, done: int, total: int):
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="tile", file=sys.stderr, leave=False,
+                            dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
+    """Run ``model.train`` with a tqdm bar (steps, or seconds when only a time limit bounds it)."""
+    from tqdm.auto import tqdm
+
+    config = model.config
+    by_time = config.max_steps is None
+    total = config.time_limit if by_time else config.max_steps
+    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}" if by_time else None
+    last = None
+    val = None
+    start = model.state.elapsed  # a resumed model counts its earlier training time
+    with tqdm(total=total, desc=desc, unit="s" if by_time else "step", file=sys.stderr, disable=quiet,
+              dynamic_ncols=True, bar_format=fmt, leave=True) as bar:
+        for event in model.train(images):
+            last = event
+            if event.val_loss is not None:
+                val = event.val_loss
+            postfix = {"loss": _loss(event.train_loss)}
+            if val is not None:
+                postfix["val"] = _loss(val)
+            if by_time:
+                postfix["step"] = event.step
+            bar.set_postfix(postfix, refresh=False)
+            position = min(event.elapsed - start, total) if by_time else event.step
+            bar.update(position - bar.n)  # redraws at most every 0.1 s
+            if event.done:
+                bar.refresh()
+    return last
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def cmd_train(args) -> int:
+    from .core.axes import validate_axes
+
+    method = _check_method(args.method)
+    options = _parse_options(args.option)
+    out = _check_output_file(args.out, "model file")
+    if args.axes:
+        validate_axes(args.axes)
+    from .core.config import TrainConfig
+    from .core.denoiser import Denoiser
+
+    images = [_read(path, args.axes) for path in args.inputs]
+    axes = {image.axes for image in images}
+    if len(axes) > 1:
+        listed = ", ".join(f"{Path(i.path).name}: {i.axes}" for i in images)
+        raise SelfDenoiseError(f"the inputs have different axes ({listed}); train on one kind, or pass --axes")
+    axes = images[0].axes
+    config = TrainConfig(method=method, axes=axes, patch=args.patch, patch_z=args.patch_z, batch=args.batch,
+                         steps=args.steps, epochs=args.epochs, time_limit=args.time_limit,
+                         steps_per_epoch=args.steps_per_epoch, lr=args.lr, seed=args.seed, device=args.device,
+                         depth=args.depth, features=args.features, val_fraction=args.val_fraction,
+                         method_options=options)
+    device = _check_device(args.device)
+    model = Denoiser(config=config)  # checks the method options
+    for image in images:
+        layout = _check_input(image, Path(image.path).name)
+        _check_patch_fits(layout, config, Path(image.path).name)
+
+    budget = [f"{config.max_steps} steps" if config.max_steps else None,
+              f"at most {_duration(config.time_limit)}" if config.time_limit else None]
+    sizes = ", ".join("x".join(map(str, i.data.shape)) for i in images)
+    _say(f"training {method} on {len(images)} image(s) ({axes}: {sizes}) for "
+         f"{' or '.join(b for b in budget if b)} on {device}")
+    started = time.perf_counter()
+    _train_with_progress(model, [image.data for image in images], args.quiet)
+    model.save(out)
+    state = model.state
+    _say(f"trained {method} for {state.step} steps in {_duration(time.perf_counter() - started)}, "
+         f"best validation loss {_loss(state.best_val_loss)}; model saved to {out}")
+    return 0
+
+
+def _check_patch_fits(layout, config, name: str) -> None:
+    shape = dict(zip(layout.axes, layout.shape))
+    multiple = 2**config.depth
+    small = min(shape["Y"], shape["X"])
+    if small < config.patch:
+        fits = small // multiple * multiple
+        hint = (f"use a smaller --patch, e.g. --patch {fits}" if fits >= multiple
+                else f"the image is too small for a depth-{config.depth} network")
+        raise SelfDenoiseError(
+            f"{name} is {shape['Y']}x{shape['X']} pixels (YX), smaller than the patch {config.patch}; {hint}")
+    if "Z" in shape:
+        z = min(config.patch_z, shape["Z"])
+        if z % multiple:
+            fits = z // multiple * multiple
+            hint = f"use --patch-z {fits}" if fits else f"use --depth {max(0, int(math.log2(max(z, 1))))}"
+            raise SelfDenoiseError(
+                f"{name} has {shape['Z']} Z planes: the Z patch ({z}) must be a multiple of {multiple} "
+                f"(2**depth); {hint}")
+
+
+# ------------------------------------------------------------------------------ predict
+
+
+def cmd_predict(args) -> int:
+    from .core.axes import validate_axes
+    from .core.denoiser import Denoiser
+    from .core.io import write_image
+
+    if args.axes:
+        validate_axes(args.axes)
+    if args.tile is not None and args.tile < 1:
+        raise SelfDenoiseError("--tile must be a positive number of pixels")
+    if args.batch_size < 1:
+        raise SelfDenoiseError("--batch-size must be a positive integer")
+    model = Denoiser.load(args.model)
+    name = f"model {Path(args.model).name} (method {model.config.method})"
+    if args.noise_std and "noise_std" not in model.method.outputs:
+        raise SelfDenoiseError(f"{name} has no noise-std output; only nnet models do")
+    _check_device(args.device)
+
+    # Check every input before denoising any (files are read again below, one at a time).
+    n = len(args.inputs)
+    for path in args.inputs:
+        image = _read(path, args.axes, model.config.axes, lazy=True)
+        layout = _check_input(image, Path(path).name)
+        model._check_compatible(layout)
+        del image
+    targets = _targets(args.inputs, args.out, "_denoised")
+    std_targets = _targets(args.inputs, args.noise_std, "_noise_std") if args.noise_std else [None] * n
+    clash = set(map(str, targets)) & set(map(str, filter(None, std_targets)))
+    if clash:
+        raise SelfDenoiseError(f"--out and --noise-std name the same file {sorted(clash)[0]}")
+
+    started = time.perf_counter()
+    for index, (path, target, std_target) in enumerate(zip(args.inputs, targets, std_targets), start=1):
+        image = _read(path, args.axes, model.config.axes)
+        progress = _TileProgress(f"[{index}/{n}] {Path(path).name}" if n > 1 else Path(path).name, args.quiet)
+        try:
+            outputs = model.predict_outputs(image.data, image.axes, tile=args.tile, tta=args.tta,
+                                            batch_size=args.batch_size, device=args.device, progress=progress)
+        finally:
+            progress.close()
+        write_image(target, outputs["denoised"].astype("float32", copy=False), image.axes, image.scale,
+                    image.units)
+        written = str(target)
+        if std_target is not None:
+            write_image(std_target, outputs["noise_std"].astype("float32", copy=False), image.axes,
+                        image.scale, image.units)
+            written += f" and {std_target}"
+        _say(f"{path} -> {written}")
+    _say(f"denoised {n} image(s) with {model.config.method} in {_duration(time.perf_counter() - started)}")
+    return 0
+
+
+def _targets(inputs, out, suffix: str) -> list[Path]:
+    """Output paths, checked up front: folder exists, no overwriting an input, no two inputs on one file."""
+    from .core.io import output_path_for
+
+    out = Path(out)
+    n = len(inputs)
+    if n == 1 and not out.is_dir():
+        targets = [_check_output_file(output_path_for(inputs[0], out, 1), suffixes=_IMAGE_SUFFIXES)]
+    else:
+        if out.exists() and not out.is_dir():
+            raise SelfDenoiseError(f"{out} is a file; with {n} inputs the output must be a folder")
+        if not out.exists() and not out.parent.is_dir():
+            raise SelfDenoiseError(f"cannot create the output folder {out}: {out.parent} does not exist")
+        targets = []
+        for path in inputs:
+            target = output_path_for(path, out, n)  # creates the folder
+            if suffix != "_denoised":
+                target = target.with_name(target.name.replace("_denoised.ome.tif", f"{suffix}.ome.tif"))
+            targets.append(target)
+    seen = {}
+    for path, target in zip(inputs, targets):
+        key = str(Path(target).resolve())
+        if key in seen:
+            raise SelfDenoiseError(f"{seen[key]} and {path} would both be written to {target}; rename one")
+        seen[key] = path
+    return targets
+
+
+# ------------------------------------------------------------------------------ calibrate
+
+
+def cmd_calibrate(args) -> int:
+    from .core.axes import validate_axes
+    from .core.classic import DENOISER_PARAMETERS, calibrate_and_denoise
+    from .core.io import output_path_for, write_image
+
+    if args.axes:
+        validate_axes(args.axes)
+    denoisers = tuple(DENOISER_PARAMETERS)
+    if args.denoisers is not None:
+        denoisers = tuple(d.strip() for d in args.denoisers.split(",") if d.strip())
+        unknown = [d for d in denoisers if d not in DENOISER_PARAMETERS]
+        if unknown or not denoisers:
+            raise SelfDenoiseError(f"unknown classic denoiser {', '.join(unknown) or '(none given)'}; "
+                                   f"choose from {', '.join(DENOISER_PARAMETERS)}")
+    image = _read(args.input, args.axes)
+    _check_input(image, Path(args.input).name)
+    target = _check_output_file(output_path_for(args.input, args.out, 1), suffixes=_IMAGE_SUFFIXES)
+    report = _check_output_file(args.report, "report") if args.report else None
+    if report is not None and report.resolve() in (target.resolve(), Path(args.input).resolve()):
+        raise SelfDenoiseError(f"the report {report} would overwrite an image; choose another name")
+
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    with tqdm(desc="calibrating", unit="eval", file=sys.stderr, disable=args.quiet, leave=False,
+              dynamic_ncols=True) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        denoised, result = calibrate_and_denoise(image.data, image.axes, denoisers=denoisers, progress=progress)
+    write_image(target, denoised.astype("float32", copy=False), image.axes, image.scale, image.units)
+    if report is not None:
+        _write_json(report, {"input": str(args.input), "output": str(target), "axes": image.axes,
+                             **result.to_dict()})
+    _say(_calibration_table(result))
+    _say(f"chose {result.denoiser} ({result.parameter_name} {result.parameter:g}) in "
+         f"{_duration(time.perf_counter() - started)}; wrote {target}" + (f" and {report}" if report else ""))
+    return 0
+
+
+def _calibration_table(result) -> str:
+    """The self-supervised loss per parameter, with a bar per row (longer = worse)."""
+    rows = [(name, p, loss) for name, curve in result.losses.items() for p, loss in curve]
+    if not rows:
+        return "no losses"
+    low, high = min(r[2] for r in rows), max(r[2] for r in rows)
+    width = max(len(name) for name, _, _ in rows)
+    lines = ["self-supervised loss per parameter (lower is better; * = chosen):"]
+    from .core.classic import DENOISER_PARAMETERS
+
+    for name, p, loss in rows:
+        bar = "#" * (1 + round(19 * (loss - low) / (high - low))) if high > low else "#"
+        mark = "*" if name == result.denoiser and p == result.parameter else " "
+        label = f"{DENOISER_PARAMETERS.get(name, 'parameter')} {p:g}"
+        lines.append(f" {mark} {name:<{width}}  {label:<14} {loss:<11.5g} {bar}")
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.parent / f".{path.name}.{os.getpid()}.part"
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+def cmd_demo(args) -> int:
+    method = _check_method(args.method)
+    if args.steps < 1:
+        raise SelfDenoiseError("--steps must be a positive integer")
+    folder = Path(args.out)
+    if folder.exists() and not folder.is_dir():
+        raise SelfDenoiseError(f"{folder} is a file; give a folder for the demo results")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise SelfDenoiseError(f"cannot create {folder}: the folder {folder.parent} does not exist")
+    device = _check_device(args.device)
+
+    from .core.denoiser import Denoiser
+    from .core.io import write_image
+    from .core.synthetic import add_noise, fluorescence_image, psnr
+
+    started = time.perf_counter()
+    clean = fluorescence_image(DEMO_SHAPE, seed=args.seed)
+    noisy = add_noise(clean, seed=args.seed + 1, **DEMO_NOISE)
+    _say(f"selfdenoise demo: a synthetic {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} fluorescence image with "
+         f"Poisson-Gaussian noise ({DEMO_NOISE['photons']} photons at full brightness, read noise "
+         f"{DEMO_NOISE['sigma']})")
+    _say(f"training {method} for {args.steps} steps on {device} (a small network: "
+         f"{DEMO_CONFIG['features']} features, batch {DEMO_CONFIG['batch']})")
+    model = Denoiser(method, "YX", steps=args.steps, seed=args.seed, device=args.device, **DEMO_CONFIG)
+    _train_with_progress(model, noisy, args.quiet)
+    progress = _TileProgress("denoising", args.quiet)
+    try:
+        denoised = model.predict(noisy, device=args.device, progress=progress)
+    finally:
+        progress.close()
+
+    before, after = psnr(clean, noisy), psnr(clean, denoised)
+    folder.mkdir(exist_ok=True)
+    for name, data in (("noisy", noisy), ("denoised", denoised), ("clean", clean)):
+        write_image(folder / f"{name}.ome.tif", data, "YX")
+    model.save(folder / "model.sdmodel")
+    _say("")
+    _say(f"  input  PSNR  {before:6.2f} dB   noisy.ome.tif")
+    _say(f"  output PSNR  {after:6.2f} dB   denoised.ome.tif")
+    _say(f"  gain        {after - before:+6.2f} dB")
+    _say("")
+    _say(f"wrote noisy, denoised and clean .ome.tif and model.sdmodel to {folder}{os.sep} "
+         f"in {_duration(time.perf_counter() - started)}")
+    _say(f"look at them:  napari {folder / '*.ome.tif'}")
+    _say("your own data: selfdenoise train noisy.tif --out my.sdmodel && "
+         "selfdenoise predict my.sdmodel noisy.tif --out denoised.ome.tif")
+    return 0
+
+
+# ------------------------------------------------------------------------------ info
+
+
+def cmd_info(args) -> int:
+    from .core.denoiser import Denoiser
+
+    model = Denoiser.load(args.model)
+    config, arch, state = model.config, model.architecture, model.state
+    version = getattr(model, "package_version", __version__)
+    budget = [f"{k} {v}" for k, v in (("steps", config.steps), ("epochs", config.epochs),
+                                        ("time limit", config.time_limit)) if v is not None]
+    rows = [
+        ("model", str(args.model)),
+        ("method", f"{config.method} ({model.method.title})"),
+        ("axes", config.axes),
+        ("outputs", ", ".join(model.method.outputs)),
+        ("trained", f"{state.step} steps in {_duration(state.elapsed)}"),
+        ("best val loss", _loss(state.best_val_loss)),
+        ("network", f"{arch.get('dims', '?')}D U-Net{' (N2V2)' if arch.get('n2v2') else ''}, depth "
+                    f"{arch.get('depth')}, {arch.get('features')} features, {arch.get('in_channels')} channel(s)"),
+        ("training", f"patch {config.patch}, batch {config.batch}, lr {config.lr:g}, seed {config.seed}"
+                     + (f", {', '.join(budget)}" if budget else "")),
+    ]
+    if config.method_options:
+        rows.append(("options", ", ".join(f"{k}={v}" for k, v in config.method_options.items())))
+    rows.append(("saved by", f"napari-selfdenoise {version} (this is {__version__})"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        _say(f"{key + ':':<{width + 1}} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

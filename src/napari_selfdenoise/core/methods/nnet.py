@@ -1,0 +1,85 @@
+"""N-net (Ollion et al. 2021, "Joint self-supervised blind denoising and noise estimation").
+
+A denoiser D-net and a noise network N-net are trained together from the start: N-net maps D-net's
+signal estimate to a per-pixel noise distribution (a Gaussian, or a mixture of K Gaussians for skewed real
+noise), and the loss is the negative log-likelihood of the hidden (masked) observations under it.
+Masking: a random grid (spacing 3-5, random phase) per step, masked pixels replaced by the mean of their
+direct neighbours. Outputs: the denoised image and a per-pixel noise-std map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SelfDenoiseError
+from ..networks import mixture_std
+from .base import Method
+from .masking import grid_mask
+
+
+class NoiseModelNet(Method):
+    name = "nnet"
+    title = "N-net (joint denoising and noise estimation)"
+    paper = ("Ollion, Ollion, Gassiat, Lehéricy & Le Corff, Joint self-supervised blind denoising and "
+             "noise estimation, arXiv:2102.08023 (2021)")
+    outputs = ("denoised", "noise_std")
+    defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32}
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        if int(self.options["mixture"]) not in (1, 2, 3):
+            raise SelfDenoiseError("nnet option mixture (K) must be 1, 2 or 3")
+        if not 2 <= int(self.options["grid_min"]) <= int(self.options["grid_max"]):
+            raise SelfDenoiseError("nnet options need 2 <= grid_min <= grid_max")
+
+    def architecture(self, channels, dims, depth, features):
+        return {"kind": "nnet", "in_channels": channels, "out_channels": channels * len(self.outputs),
+                "dims": dims, "depth": depth, "features": features, "n2v2": False,
+                "mixture": int(self.options["mixture"]), "noise_features": int(self.options["noise_features"])}
+
+    def training_loss(self, net, batch, gen):
+        low, high = int(self.options["grid_min"]), int(self.options["grid_max"])
+        spacing = int(torch.randint(low, high + 1, (1,), generator=gen))
+        mask = grid_mask((batch.shape[0], *batch.shape[2:]), spacing, gen, batch.device)
+        signal, params = net(torch.where(mask[:, None], direct_neighbour_mean(batch), batch))
+        return mixture_nll(batch, signal, params, mask)
+
+    def predict(self, net, x):
+        signal, params = net(x)
+        return torch.cat([signal, mixture_std(*params)], dim=1)
+
+    def denormalize_output(self, name, values, normalization):
+        if name == "noise_std":  # a spread: scale only, no offset
+            scale = np.asarray(normalization.scale, np.float32).reshape((1, -1) + (1,) * (values.ndim - 2))
+            return np.asarray(values, np.float32) * scale
+        return normalization.invert(values)
+
+
+def direct_neighbour_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of the 2*d direct neighbours (4 in 2-D, 6 in 3-D), mirrored at the borders."""
+    dims = x.dim() - 2
+    # Reflect, never replicate: replicate padding makes a border pixel its own neighbour (a leak).
+    padded = F.pad(x, (1, 1) * dims, mode="reflect" if min(x.shape[2:]) > 1 else "replicate")
+    size = x.shape[2:]
+    total = torch.zeros_like(x)
+    for axis in range(dims):
+        for shift in (-1, 1):
+            window = [slice(1, 1 + n) for n in size]
+            window[axis] = slice(1 + shift, 1 + shift + size[axis])
+            total += padded[(Ellipsis, *window)]
+    return total / (2 * dims)
+
+
+def mixture_nll(observed, signal, params, mask) -> torch.Tensor:
+    """Mean negative log-likelihood of ``observed`` at masked pixels under the predicted mixture."""
+    weights, offsets, sigmas = (p.float() for p in params)
+    residual = (observed.float() - signal.float()).unsqueeze(2) - offsets  # (B, C, K, ...)
+    log_components = (torch.log(weights.clamp_min(1e-12)) - torch.log(sigmas)
+                      - 0.5 * math.log(2 * math.pi) - 0.5 * (residual / sigmas) ** 2)
+    nll = -torch.logsumexp(log_components, dim=2)  # (B, C, ...)
+    weights_mask = mask[:, None].to(nll.dtype).expand_as(nll)
+    return (nll * weights_mask).sum() / weights_mask.sum().clamp_min(1)
