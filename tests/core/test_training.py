@@ -287,3 +287,16 @@ def test_list_inputs_need_one_channel_count(image):
 def test_predict_before_training(image):
     with pytest.raises(SelfDenoiseError, match="not trained"):
         Denoiser("n2v2").predict(image)
+
+
+def test_abandoned_generator_restores_best_weights_and_keeps_optimizer(noisy):
+    model = Denoiser("n2s", "YX", steps=50, steps_per_epoch=2, patch=32, batch=4, device="cpu")
+    events = model.train(noisy)
+    for event in events:
+        if event.step == 6:
+            break
+    events.close()
+    assert model.state.optimizer is not None
+    best = model._trainer.best_weights
+    for name, tensor in model.network.state_dict().items():
+        assert torch.equal(tensor, best[name]), name

@@ -134,11 +134,23 @@ class Trainer:
         return noise_curve(raw, outputs["denoised"], outputs.get("noise_std"))
 
     def run(self):
-        """Train until the budget or ``stop()``; yields a ``ProgressEvent`` after every step."""
+        """Train until the budget or ``stop()``; yields a ``ProgressEvent`` after every step.
+
+        Abandoning the generator (break, an exception in the consumer, a quit worker) still restores the
+        best weights and keeps the optimizer state for saving and resuming.
+        """
+        optimizer, scheduler = self._setup()
+        try:
+            yield from self._steps(optimizer, scheduler)
+        finally:
+            self.state.optimizer, self.state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+            self.network.load_state_dict(self.best_weights)
+            self.network.to("cpu", memory_format=torch.contiguous_format)
+
+    def _steps(self, optimizer, scheduler):
         config, state = self.config, self.state
         torch.manual_seed(config.seed + state.step)
         gen = torch.Generator().manual_seed(config.seed + state.step)
-        optimizer, scheduler = self._setup()
         max_steps = config.max_steps
         if max_steps is not None and state.step > 0:
             max_steps += state.step  # a resumed run trains for the budget again
@@ -190,9 +202,6 @@ class Trainer:
                 event.elapsed = state.elapsed
                 yield event
                 break
-        state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
-        self.network.load_state_dict(self.best_weights)
-        self.network.to("cpu", memory_format=torch.contiguous_format)
 
     def _record(self, val_loss, train_loss, optimizer):
         state = self.state
