@@ -398,3 +398,26 @@ def test_usage_error_is_one_line(bad):
     assert_clean_failure(proc, folder, before, "--out")
     proc = run("predict", cwd=folder)
     assert_clean_failure(proc, folder, before)
+
+
+def test_nnet_mixture_noise_std_and_noise_curve(shared, tmp_path):
+    model = tmp_path / "nnet.sdmodel"
+    proc = run("train", shared / "a.tif", "--method", "nnet", "--mixture", "2", "--axes", "YX", *FAST,
+               "--out", model)
+    assert proc.returncode == 0, proc.stderr
+    info = run("info", model)
+    assert "nnet" in info.stdout
+    den, std = tmp_path / "den.ome.tif", tmp_path / "std.ome.tif"
+    proc = run("predict", model, shared / "a.tif", "--out", den, "--noise-std", std)
+    assert proc.returncode == 0, proc.stderr
+    noise_map = tifffile.imread(std)
+    assert noise_map.shape == (96, 96) and noise_map.dtype == np.float32
+    assert (noise_map > 0).all()
+    curve = tmp_path / "curve.csv"
+    proc = run("noise", model, shared / "a.tif", "--out", curve, "--bins", "5")
+    assert proc.returncode == 0, proc.stderr
+    lines = curve.read_text().splitlines()
+    assert lines[0].split(",") == ["signal", "std", "skewness", "count", "predicted_std"]
+    rows = [list(map(float, line.split(","))) for line in lines[1:]]
+    assert 2 <= len(rows) <= 5
+    assert all(r[1] > 0 and r[4] > 0 for r in rows)

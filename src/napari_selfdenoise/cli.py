@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option mask_fraction=0.01 (repeatable; values are JSON "
                         "when they parse as JSON)")
+    p.add_argument("--mixture", type=int, metavar="K",
+                   help="nnet: noise model as a mixture of K Gaussians (1-3; 1 = a single Gaussian)")
     p.set_defaults(func=cmd_train)
 
     # ---- predict
@@ -151,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     # ---- info
+    p = commands.add_parser("noise", parents=[common], formatter_class=_HelpFormatter,
+                            help="write the noise-level curve (noise std against signal) as CSV",
+                            description="Denoise INPUT with MODEL and write the noise-level curve: std and "
+                                        "skewness of (noisy - denoised) per signal bin, and for nnet models "
+                                        "the predicted std, in the input's units.")
+    p.add_argument("model", metavar="MODEL", help="model file (.sdmodel)")
+    p.add_argument("input", metavar="INPUT", help="noisy image")
+    p.add_argument("--out", "-o", required=True, metavar="CURVE.csv", help="CSV file to write")
+    p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
+    p.add_argument("--bins", type=int, default=10, help="signal bins (default 10)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.set_defaults(func=cmd_noise)
+
     p = commands.add_parser("info", parents=[common], formatter_class=_HelpFormatter,
                             help="describe a model file", description="Describe a model file.")
     p.add_argument("model", metavar="MODEL", help="model file (.sdmodel)")
@@ -163,7 +178,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        return _fail("give a command: train, predict, calibrate, demo or info (try 'selfdenoise demo')")
+        return _fail("give a command: train, predict, calibrate, noise, demo or info (try 'selfdenoise demo')")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -353,6 +368,8 @@ def cmd_train(args) -> int:
 
     method = _check_method(args.method)
     options = _parse_options(args.option)
+    if args.mixture is not None:
+        options["mixture"] = args.mixture
     out = _check_output_file(args.out, "model file")
     if args.axes:
         validate_axes(args.axes)
@@ -617,6 +634,33 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------ info
+
+
+def cmd_noise(args) -> int:
+    from .core.denoiser import Denoiser
+    from .core.noise import noise_curve
+
+    out = _check_output_file(args.out, "curve file")
+    if args.bins < 1:
+        raise SelfDenoiseError("--bins must be a positive integer")
+    model = Denoiser.load(args.model)
+    image = _read(args.input, args.axes, model.config.axes)
+    layout = _check_input(image, Path(args.input).name)
+    model._check_compatible(layout)
+    progress = _TileProgress(Path(args.input).name, args.quiet)
+    try:
+        outputs = model.predict_outputs(image.data, image.axes, device=args.device, progress=progress)
+    finally:
+        progress.close()
+    curve = noise_curve(image.data, outputs["denoised"], outputs.get("noise_std"), bins=args.bins)
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        curve.write_csv(tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _say(f"noise curve ({len(curve.signal)} bins) written to {out}")
+    return 0
 
 
 def cmd_info(args) -> int:
