@@ -15,7 +15,7 @@ from .. import __version__
 from .config import TrainConfig
 from .data import check_image, check_same_axes_shape
 from .device import resolve_device
-from .errors import SelfDenoiseError
+from .errors import ModelFileError, SelfDenoiseError
 from .methods import get_method
 from .modelfile import (flatten_optimizer_state, load_model, save_model,
                         unflatten_optimizer_state)
@@ -157,11 +157,9 @@ class Denoiser:
             model.normalization = Normalization.from_dict(header["normalization"])
             model.network = build_network(model.architecture)
             model.network.load_state_dict(contents.weights)
+        except SelfDenoiseError:
+            raise
         except (TypeError, KeyError, ValueError, RuntimeError) as err:
-            if isinstance(err, SelfDenoiseError):
-                raise
-            from .errors import ModelFileError
-
             raise ModelFileError(f"{path}: the model does not match its description ({err})") from err
         training = header.get("training", {})
         model.state = TrainingState(

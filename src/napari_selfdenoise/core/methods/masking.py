@@ -46,10 +46,11 @@ def stratified_mask(shape, fraction: float, gen: torch.Generator, device=None) -
     return mask.to(device)
 
 
-def donut_mean(x: torch.Tensor) -> torch.Tensor:
+def donut_mean(x: torch.Tensor, diagonals: bool = True) -> torch.Tensor:
     """Each pixel replaced by a weighted mean of its 3^d neighbours, itself excluded (reflect padding).
 
-    Direct neighbours weigh 1, diagonal ones 0.5 (0.25 for 3-D corners). Shifted slices instead of a
+    Direct neighbours weigh 1, diagonal ones 0.5 (0.25 for 3-D corners); ``diagonals=False`` keeps the
+    2*d direct neighbours only (N-net's replacement). Shifted slices instead of a
     depthwise convolution: about 3x faster on the CPU for training-sized batches.
     """
     dims = x.dim() - 2
@@ -58,9 +59,10 @@ def donut_mean(x: torch.Tensor) -> torch.Tensor:
     size = x.shape[2:]
     total, weight_sum = torch.zeros_like(x), 0.0
     for offset in itertools.product((-1, 0, 1), repeat=dims):
-        if not any(offset):
+        distance = sum(map(abs, offset))
+        if distance == 0 or (distance > 1 and not diagonals):
             continue
-        weight = 0.5 ** (sum(map(abs, offset)) - 1)
+        weight = 0.5 ** (distance - 1)
         window = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, size))
         total += weight * padded[(Ellipsis, *window)]
         weight_sum += weight

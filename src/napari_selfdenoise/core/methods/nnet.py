@@ -13,12 +13,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import SelfDenoiseError
 from ..networks import mixture_std
 from .base import Method
-from .masking import grid_mask
+from .masking import donut_mean, grid_mask
 
 
 class NoiseModelNet(Method):
@@ -61,17 +60,7 @@ class NoiseModelNet(Method):
 
 def direct_neighbour_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of the 2*d direct neighbours (4 in 2-D, 6 in 3-D), mirrored at the borders."""
-    dims = x.dim() - 2
-    # Reflect, never replicate: replicate padding makes a border pixel its own neighbour (a leak).
-    padded = F.pad(x, (1, 1) * dims, mode="reflect" if min(x.shape[2:]) > 1 else "replicate")
-    size = x.shape[2:]
-    total = torch.zeros_like(x)
-    for axis in range(dims):
-        for shift in (-1, 1):
-            window = [slice(1, 1 + n) for n in size]
-            window[axis] = slice(1 + shift, 1 + shift + size[axis])
-            total += padded[(Ellipsis, *window)]
-    return total / (2 * dims)
+    return donut_mean(x, diagonals=False)
 
 
 def mixture_nll(observed, signal, params, mask) -> torch.Tensor:
