@@ -30,6 +30,14 @@ def psnr(reference: np.ndarray, image: np.ndarray, peak: float = 255.0) -> float
     return float(10 * np.log10(peak**2 / mse))
 
 
+def psnr_affine(reference: np.ndarray, image: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR after the least-squares affine fit ``a * image + b`` to the reference (CARE protocol)."""
+    x = np.asarray(image, np.float64).ravel()
+    y = np.asarray(reference, np.float64).ravel()
+    a, b = np.polyfit(x, y, 1)
+    return psnr(y, a * x + b, peak)
+
+
 def machine() -> dict:
     import torch
 
@@ -51,9 +59,10 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__, "commit": commit}
 
 
-def save(results: dict, out: Path | None) -> None:
+def save(results: dict, out: Path | None, quiet: bool = False) -> None:
     text = json.dumps(results, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
-    print(text)
+    if not quiet:
+        print(text)

@@ -9,6 +9,7 @@ result is a PSNR-against-wall-time curve. Evaluation time is not counted as trai
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -41,19 +42,25 @@ def run_neural(method, args, train, noisy, clean):
                      device=args.device)
     checkpoints = sorted(float(m) * 60 for m in args.checkpoints.split(",") if float(m) < args.minutes)
     curve, last = [], None
+    cpu_start = time.process_time()
     for event in model.train(train):
         last = event
         if checkpoints and event.elapsed >= checkpoints[0]:
             checkpoints.pop(0)
+            cpu_start -= time.process_time()  # evaluation CPU time is not training time
             score, _ = evaluate(model, noisy, clean)
-            curve.append({"minutes": round(event.elapsed / 60, 2), "step": event.step, "psnr": round(score, 3)})
+            cpu_start += time.process_time()
+            curve.append({"minutes": round(event.elapsed / 60, 2), "step": event.step, "psnr": round(score, 3),
+                          "load_1min": round(os.getloadavg()[0], 2)})
             print(f"  {method}: {event.elapsed / 60:5.1f} min, step {event.step}: {score:.2f} dB", flush=True)
+    # Share of the 2 cores this process really got while training: other load on the machine shows here.
+    cpu_share = (time.process_time() - cpu_start) / (last.elapsed * torch.get_num_threads())
     score, predict_seconds = evaluate(model, noisy, clean)
     curve.append({"minutes": round(last.elapsed / 60, 2), "step": last.step, "psnr": round(score, 3)})
     print(f"  {method}: final (best-validation weights) step {last.step}: {score:.2f} dB", flush=True)
     result = {"psnr": round(score, 3), "steps": last.step, "train_seconds": round(last.elapsed, 1),
               "seconds_per_step": round(last.elapsed / last.step, 4), "curve": curve,
-              "predict_seconds_68_images": round(predict_seconds, 1)}
+              "predict_seconds_68_images": round(predict_seconds, 1), "cpu_share": round(cpu_share, 2)}
     if args.tta:
         result["psnr_tta"] = round(evaluate(model, noisy, clean, tta=True)[0], 3)
     return result
@@ -95,6 +102,7 @@ def main():
         print(f"{method} ...", flush=True)
         results["methods"][method] = (run_classic(noisy, clean) if method == "classic"
                                       else run_neural(method, args, train, noisy, clean))
+        save(results, args.out, quiet=True)  # keep what is done if the run is cut off
     save(results, args.out)
 
 

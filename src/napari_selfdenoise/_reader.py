@@ -1,44 +1,56 @@
-"""napari reader: TIFF/OME-TIFF with axis labels, scale, units and the axes string (thin adapter over core.io)."""
+"""napari reader: TIFF/OME-TIFF (and, with the [io] extra, CZI, ND2, LIF, OME-Zarr, DV) with axis
+labels, scale, units and the axes string (a thin adapter over core.io.read_image)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .core.errors import SelfDenoiseError
-
-_SUFFIXES = (".tif", ".tiff")
-
 
 def get_reader(path):
+    from .core.io import OTHER_SUFFIXES, TIFF_SUFFIXES, other_formats_library
+
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
-    if not str(path).lower().endswith(_SUFFIXES):
-        return None
-    return read_layers
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(TIFF_SUFFIXES) and not p.is_dir():
+        return read_layers
+    # only claim other formats when a library can read them, so napari can offer another reader
+    if name.endswith(OTHER_SUFFIXES) and other_formats_library() is not None:
+        return read_layers
+    return None
 
 
 def read_layers(path):
-    import tifffile
-
-    from .core.axes import default_axes
-    from .core.io import read_image
+    """One image layer; big files (over core.io.LAZY_THRESHOLD) come memory-mapped or as dask."""
+    from .core.io import _stem, read_image
 
     path = path[0] if isinstance(path, list) else path
-    try:
-        image = read_image(path)
-    except SelfDenoiseError:
-        # Unknown axes (e.g. a bare 3-D TIFF): guess from the dimension count, as napari itself would;
-        # the widget lets the user correct the guess.
-        with tifffile.TiffFile(path) as tif:
-            ndim = len(tif.series[0].shape)
-        image = read_image(path, axes=default_axes(ndim))
+    # Unknown axes (e.g. a bare 3-D TIFF) are guessed from the dimension count, as napari itself
+    # would; metadata["axes_guessed"] tells the widgets, which let the user correct the guess.
+    image = read_image(path, guess_axes=True, dask=True)
     kwargs = {
-        "name": Path(path).name.split(".")[0],
+        "name": _stem(Path(path)).removesuffix(".ome"),  # 'a.ome.zarr' -> 'a'; TIFFs: _stem did it
         "axis_labels": tuple(image.axes),
         "scale": tuple(image.scale.get(a, 1.0) for a in image.axes),
-        "units": tuple(image.units.get(a, "pixel") for a in image.axes),
-        "metadata": {"axes": image.axes, "path": str(path)},
+        "units": tuple(_napari_unit(image.units.get(a)) for a in image.axes),
+        "rgb": False,  # a C axis of length 3 stays an axis (napari would otherwise guess RGB)
+        "metadata": {"axes": image.axes, "path": str(path), "axes_guessed": image.axes_guessed},
     }
     return [(image.data, kwargs, "image")]
+
+
+def _napari_unit(unit: str | None) -> str:
+    """A unit napari (pint) understands, or 'pixel': a strange unit string must not stop the
+    image from opening."""
+    if not unit:
+        return "pixel"
+    try:
+        import pint
+
+        parsed = pint.get_application_registry().parse_expression(unit)
+        return unit if parsed.check("[length]") else "pixel"
+    except Exception:
+        return "pixel"

@@ -9,15 +9,25 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
     from .core.axes import default_axes
     from .core.io import write_image
 
-    data = np.asarray(data)
+    if meta.get("multiscale") and isinstance(data, (list, tuple)):
+        data = data[0]  # the full-resolution level
+    data = np.asarray(data)  # reads a memory-mapped or dask layer
+    rgb = bool(meta.get("rgb")) and data.ndim >= 3  # the last dimension is colour, not a layer axis
+    ndim = data.ndim - rgb
     axes = (meta.get("metadata") or {}).get("axes")
-    if not axes or len(axes) != data.ndim:
-        labels = tuple(meta.get("axis_labels") or ())
-        axes = "".join(labels).upper() if len(labels) == data.ndim and set("".join(labels).upper()) <= set("STCZYX") \
-            else default_axes(data.ndim)
-    scale = meta.get("scale")
-    units = meta.get("units")
-    scale_map = {a: float(s) for a, s in zip(axes, scale)} if scale is not None else None
-    unit_map = {a: str(u) for a, u in zip(axes, units)} if units is not None else None
+    if not isinstance(axes, str) or len(axes) != data.ndim:
+        labels = "".join(str(a) for a in meta.get("axis_labels") or ()).upper()
+        known = len(labels) == ndim and set(labels) <= set("STCZYX")
+        axes = labels if known else default_axes(ndim)
+        axes += "C" if rgb else ""
+    scale = list(meta.get("scale") if meta.get("scale") is not None else [1.0] * ndim)
+    units = list(meta.get("units") if meta.get("units") is not None else ["pixel"] * ndim)
+    scale_map, unit_map = {}, {}
+    for axis, s, u in zip(axes[:ndim], scale, units):
+        unit = str(u)  # napari's units are pint units: 'micrometer' (core.io writes 'µm')
+        if unit == "pixel" and float(s) == 1.0:
+            continue  # napari's default: no calibration to store
+        scale_map[axis] = float(s)
+        unit_map[axis] = unit
     written = write_image(path, data, axes, scale=scale_map, units=unit_map)
     return [str(written)]

@@ -37,6 +37,7 @@ from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 from .axes import make_layout
 from .errors import SelfDenoiseError
 from .normalize import Normalization
+from .steps import drain
 
 LOSS_CROP_2D = (256, 256)
 LOSS_CROP_3D = (16, 64, 64)
@@ -317,6 +318,16 @@ def calibrate(
     ``denoisers`` is a list of names (each with its default grid) or a mapping from name to
     the parameter values to try. ``progress(done, total)`` is called after each evaluation.
     """
+    return drain(calibration_steps(image, axes, denoisers, grid), progress)
+
+
+def calibration_steps(
+    image: np.ndarray,
+    axes: str = "YX",
+    denoisers: Sequence[str] | Mapping[str, Sequence[float]] = DEFAULT_DENOISERS,
+    grid: int = 4,
+):
+    """``calibrate`` as a generator of (evaluations done, total) that returns the ``CalibrationResult``."""
     grid = _check_grid(grid)
     if isinstance(denoisers, str):
         denoisers = (denoisers,)
@@ -344,8 +355,7 @@ def calibrate(
         else:
             loss = np.mean([self_supervised_loss(c, fn, grid, max_phases) for c in crops])
         losses.setdefault(name, []).append((value, float(loss)))
-        if progress is not None:
-            progress(done, len(plan))
+        yield done, len(plan)
 
     name, (value, _) = min(
         ((n, pair) for n, curve in losses.items() for pair in curve), key=lambda item: item[1][1]

@@ -17,19 +17,26 @@ def check_image(array, axes: str, name: str = "image") -> Layout:
     """Validate an input array and its axes; return its ``Layout``."""
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         raise SelfDenoiseError(f"{name} must be an array, got {type(array).__name__}")
-    layout = make_layout(array.shape, axes)
-    dtype = np.dtype(array.dtype)
+    layout = check_shape(array.shape, array.dtype, axes, name)
+    if np.dtype(array.dtype).kind == "f" and not _all_finite(array):
+        raise SelfDenoiseError(f"{name} contains NaN or infinite values; replace them (e.g. by 0) first")
+    return layout
+
+
+def check_shape(shape, dtype, axes: str, name: str = "image") -> Layout:
+    """The checks that need no pixel values (axes, data type, size): cheap enough for a GUI to run as
+    the user picks a layer."""
+    layout = make_layout(tuple(shape), axes)
+    dtype = np.dtype(dtype)
     if dtype.name not in SUPPORTED_DTYPES:
         raise SelfDenoiseError(
             f"{name} has data type {dtype.name}, which is not supported; "
             f"convert it to one of {', '.join(SUPPORTED_DTYPES)}"
         )
-    small = {a: array.shape[layout.axes.index(a)] for a in "YX" if array.shape[layout.axes.index(a)] < MIN_SIZE}
+    small = {a: shape[layout.axes.index(a)] for a in "YX" if shape[layout.axes.index(a)] < MIN_SIZE}
     if small:
         sizes = ", ".join(f"{a}={s}" for a, s in small.items())
         raise SelfDenoiseError(f"{name} is too small ({sizes}); need at least {MIN_SIZE} pixels along Y and X")
-    if dtype.kind == "f" and not _all_finite(array):
-        raise SelfDenoiseError(f"{name} contains NaN or infinite values; replace them (e.g. by 0) first")
     return layout
 
 

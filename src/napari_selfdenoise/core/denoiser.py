@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .axes import make_layout
 from .config import TrainConfig
 from .data import check_image, check_same_axes_shape
 from .device import resolve_device
@@ -22,6 +23,7 @@ from .modelfile import (flatten_optimizer_state, load_model, save_model,
 from .networks import build_network
 from .normalize import Normalization
 from .prediction import TiledPredictor
+from .steps import drain
 from .training import ProgressEvent, Trainer, TrainingState
 
 
@@ -78,6 +80,13 @@ class Denoiser:
         mode = self.method.preferred_normalization if cfg.normalization == "auto" else cfg.normalization
         self.normalization = Normalization.fit(_first_sources(sources), mode, cfg.percentiles, cfg.seed)
 
+    def check_axes(self, shape, axes: str | None = None) -> None:
+        """Raise a ``SelfDenoiseError`` saying why an image of ``shape`` with ``axes`` does not fit this
+        model (before any data is read: pickers call it as the user chooses)."""
+        if self.architecture is None:
+            raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
+        self._check_compatible(make_layout(tuple(shape), axes or self.config.axes))
+
     def _check_compatible(self, layout) -> None:
         dims = 3 if layout.is_3d else 2
         if dims != self.architecture["dims"]:
@@ -109,17 +118,28 @@ class Denoiser:
         ``axes`` defaults to the model's; any axes with the same Z-ness and channel count work
         (a model trained on YX frames denoises a TYX stack frame by frame).
         """
+        return drain(self.predict_steps(image, axes, tile=tile, tta=tta, batch_size=batch_size, device=device),
+                     progress)
+
+    def predict_steps(self, image, axes: str | None = None, *, tile=None, tta: bool = False,
+                      batch_size: int = 4, device: str | None = None):
+        """``predict_outputs`` as a generator of (tiles done, total) returning the outputs dict.
+
+        During training (e.g. a live preview between steps) it uses the network where it is, as it is.
+        """
         if self.network is None:
             raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
         layout = check_image(image, axes or self.config.axes)
         self._check_compatible(layout)
-        target = resolve_device(device or self.config.device)
+        training = self._trainer is not None and self._trainer.running
+        target = self._trainer.device if training else resolve_device(device or self.config.device)
         predictor = TiledPredictor(self.method, self.network.to(target), self.architecture["depth"], target,
                                    tile=tile, batch_size=batch_size, tta=tta)
         try:
-            stacked = predictor(layout.to_canonical(image), self.normalization, progress)
+            stacked = yield from predictor.steps(layout.to_canonical(image), self.normalization)
         finally:
-            self.network.to("cpu")
+            if not training:
+                self.network.to("cpu")
         c = layout.channels
         return {name: np.ascontiguousarray(layout.from_canonical(stacked[:, k * c : (k + 1) * c]))
                 for k, name in enumerate(self.method.outputs)}

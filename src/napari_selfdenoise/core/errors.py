@@ -9,5 +9,5 @@ class ModelFileError(SelfDenoiseError):
     """A model file that cannot be read: truncated, of another kind, or from a newer version."""
 
 
-class TrainingStopped(Exception):
-    """Raised inside a worker when the user asked training to stop (never escapes the trainer)."""
+class Cancelled(Exception):
+    """The user cancelled a long operation (prediction, calibration) before it finished."""

@@ -1,12 +1,14 @@
 """Read and write images (TIFF / OME-TIFF / ImageJ TIFF and .npy) with their axes and pixel sizes.
 
-Only numpy and tifffile: this module is shared by the CLI and the napari plugin, so it must never
-import Qt or napari.
+Only numpy and tifffile (dask, and bioio or aicsimageio for other formats, imported only when asked
+for): this module is shared by the CLI and the napari plugin, so it must never import Qt or napari.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -22,6 +24,18 @@ TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif / .ome.tiff
 SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff or .npy"
 LAZY_THRESHOLD = 256 * 1024**2  # bytes; bigger files are memory-mapped when lazy is None
 
+# Other formats, through the optional [io] extra: bioio (with its per-format plugins) or, when only
+# that is installed, its predecessor aicsimageio. Each suffix -> the bioio plugin that reads it.
+OTHER_FORMATS = {
+    ".czi": "bioio-czi",
+    ".nd2": "bioio-nd2",
+    ".lif": "bioio-lif",
+    ".zarr": "bioio-ome-zarr",  # a folder; also covers .ome.zarr
+    ".dv": "bioio-dv",
+    ".r3d": "bioio-dv",
+}
+OTHER_SUFFIXES = tuple(OTHER_FORMATS)
+
 # tifffile axis letters -> ours. 'S' is RGB(A) samples, i.e. colour channels. Anything else
 # ('I' = plain image sequence, 'Q' = unknown, ...) is treated as unknown.
 _TIFF_TO_OURS = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "S": "C"}
@@ -31,42 +45,65 @@ _TIFF_TO_OURS = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "S": "C"}
 # our samples from a foreign, unknown 'Q' axis and map it back to S.
 _S_MARKER = "samples"
 
-_UNIT_ALIASES = {"micron": "µm", "microns": "µm", "um": "µm", "μm": "µm", "\\u00b5m": "µm"}
+_UNIT_ALIASES = {
+    "micron": "µm", "microns": "µm", "um": "µm", "μm": "µm", "\\u00b5m": "µm",
+    # pint's long names (napari layers' units, bioio's dimension properties)
+    "micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+    "angstrom": "Å",
+}
 
 
 @dataclass
 class ImageData:
-    """An image with named axes; ``data`` may be a read-only ``np.memmap``."""
+    """An image with named axes; ``data`` may be a read-only ``np.memmap`` or a dask array."""
 
     data: np.ndarray
     axes: str
     scale: dict[str, float] = field(default_factory=dict)  # pixel size per axis letter
     units: dict[str, str] = field(default_factory=dict)
     path: str | None = None
+    axes_guessed: bool = False  # the file did not say; ``default_axes`` of the dimension count
 
 
 # ----------------------------------------------------------------------------------- reading
 
 
-def read_image(path, axes: str | None = None, lazy: bool | None = None) -> ImageData:
-    """Read a TIFF or .npy file; ``axes`` overrides the file's metadata.
+def read_image(
+    path,
+    axes: str | None = None,
+    lazy: bool | None = None,
+    *,
+    guess_axes: bool = False,
+    dask: bool = False,
+) -> ImageData:
+    """Read a TIFF or .npy file (or, with the [io] extra, CZI, ND2, LIF, OME-Zarr, DV).
 
-    ``lazy``: True memory-maps when the file allows it, None does so for files over 256 MB.
+    ``axes`` overrides the file's metadata. ``guess_axes``: when the file does not tell its axes
+    (a bare 3-D TIFF), take ``default_axes`` of its dimension count and set ``axes_guessed``
+    instead of raising. ``lazy``: True memory-maps when the file allows it, None does so for
+    files over ``LAZY_THRESHOLD`` bytes (other formats: images over it). ``dask``: when lazy and
+    the file cannot be memory-mapped (compressed, tiled, other formats), return a dask array that
+    reads one plane or chunk at a time instead of reading everything now.
     """
     p = Path(path)
     if not p.exists():
         raise SelfDenoiseError(f"file not found: {p}")
-    if p.is_dir():
-        raise SelfDenoiseError(f"{p} is a folder, not an image file; pass a {SUPPORTED} file")
-    if lazy is None:
-        lazy = p.stat().st_size > LAZY_THRESHOLD
     name = p.name.lower()
-    if name.endswith(TIFF_SUFFIXES):
-        image = _read_tiff(p, axes, lazy)
-    elif name.endswith(".npy"):
-        image = _read_npy(p, axes, lazy)
+    if p.is_dir() and not name.endswith(".zarr"):
+        raise SelfDenoiseError(f"{p} is a folder, not an image file; pass a {SUPPORTED} file")
+    if name.endswith(OTHER_SUFFIXES):
+        image = _read_other(p, axes, lazy, guess_axes, dask)
     else:
-        raise SelfDenoiseError(f"cannot read {p}: unsupported file type; use a {SUPPORTED} file")
+        if lazy is None:
+            lazy = p.stat().st_size > LAZY_THRESHOLD
+        if name.endswith(TIFF_SUFFIXES):
+            image = _read_tiff(p, axes, lazy, guess_axes, dask)
+        elif name.endswith(".npy"):
+            image = _read_npy(p, axes, lazy)
+        else:
+            raise SelfDenoiseError(
+                f"cannot read {p}: unsupported file type; use a {SUPPORTED} file"
+            )
     if image.data.dtype.kind not in "buif":
         raise SelfDenoiseError(
             f"{p} holds {image.data.dtype} data; only numeric (integer or float) images can be used"
@@ -92,14 +129,14 @@ def _read_npy(p: Path, axes: str | None, lazy: bool) -> ImageData:
     return ImageData(data, axes, path=str(p))
 
 
-def _read_tiff(p: Path, axes: str | None, lazy: bool) -> ImageData:
+def _read_tiff(p: Path, axes: str | None, lazy: bool, guess: bool, dask: bool) -> ImageData:
     try:
         with tifffile.TiffFile(p) as tif:
             series = tif.series[0]
             shape = tuple(series.shape)
             file_axes = _axes_from_tiff(series.axes, tif.ome_metadata if tif.is_ome else None)
-            axes = _choose_axes(p, shape, file_axes, axes)  # before reading: fail fast
-            data = _memmap_or_read(p, series) if lazy else series.asarray()
+            axes, guessed = _choose_axes(p, shape, file_axes, axes, guess)  # before reading
+            data = _memmap_or_read(p, tif, series, dask) if lazy else series.asarray()
             scale, units = _scale_from_tiff(tif)
     except (SelfDenoiseError, MemoryError):
         raise
@@ -107,20 +144,25 @@ def _read_tiff(p: Path, axes: str | None, lazy: bool) -> ImageData:
         raise SelfDenoiseError(f"cannot read {p} as TIFF: {exc}") from None
     scale = {a: v for a, v in scale.items() if a in axes}
     units = {a: u for a, u in units.items() if a in scale}
-    return ImageData(data, axes, scale, units, str(p))
+    return ImageData(data, axes, scale, units, str(p), guessed)
 
 
-def _choose_axes(p: Path, shape: tuple[int, ...], file_axes: str | None, axes: str | None) -> str:
+def _choose_axes(
+    p: Path, shape: tuple[int, ...], file_axes: str | None, axes: str | None, guess: bool = False
+) -> tuple[str, bool]:
+    """The axes to use and whether they are a guess."""
     if axes:
-        return validate_axes(axes, shape)
+        return validate_axes(axes, shape), False
     if file_axes is None and len(shape) == 2:
         file_axes = "YX"  # a plain 2-D TIFF is unambiguous
     if file_axes is None:
+        if guess and 2 <= len(shape) <= 5:
+            return default_axes(len(shape)), True
         example = default_axes(len(shape)) if 2 <= len(shape) <= 5 else "TZYX"
         raise SelfDenoiseError(
             f"cannot tell the axes of {p.name} (shape {shape}); pass them, e.g. --axes {example}"
         )
-    return validate_axes(file_axes, shape)
+    return validate_axes(file_axes, shape), False
 
 
 def _axes_from_tiff(tiff_axes: str, ome_xml: str | None) -> str | None:
@@ -148,15 +190,46 @@ def _has_samples_marker(ome_xml: str | None) -> bool:
     )
 
 
-def _memmap_or_read(p: Path, series) -> np.ndarray:
-    """Memory-map series 0 read-only, or read it fully when it is compressed, tiled, etc."""
+def _memmap_or_read(p: Path, tif: tifffile.TiffFile, series, dask: bool = False):
+    """Memory-map series 0 read-only; when it is compressed, tiled, etc., a dask array reading one
+    page at a time (``dask`` and dask installed, pages all in this file) or else all of it now."""
     try:
         data = tifffile.memmap(p, mode="r")
     except ValueError:  # "not memory-mappable"
-        return series.asarray()
+        lazy = _dask_pages(p, tif, series) if dask else None
+        return series.asarray() if lazy is None else lazy
     # tifffile may keep length-1 dimensions that series.shape squeezes away
     shape = tuple(series.shape)
     return data.reshape(shape) if data.shape != shape else data
+
+
+def _dask_pages(p: Path, tif: tifffile.TiffFile, series):
+    """A dask array over series 0, one chunk per TIFF page, or None when that does not fit."""
+    try:
+        import dask
+        import dask.array as da
+    except ImportError:
+        return None
+    pages = list(series.pages)
+    if not pages or any(
+        page is None or page.parent is not tif or not isinstance(page.index, int) for page in pages
+    ):
+        return None  # missing planes, planes in other files (multi-file OME) or in SubIFDs
+    page_shape = tuple(series.keyframe.shape)
+    shape = tuple(series.shape)
+    if len(pages) * int(np.prod(page_shape)) != int(np.prod(shape)):
+        return None
+    read = dask.delayed(_read_page, pure=True)
+    planes = [
+        da.from_delayed(read(str(p), page.index), page_shape, dtype=series.dtype) for page in pages
+    ]
+    return da.stack(planes).reshape(shape)
+
+
+def _read_page(path: str, index: int) -> np.ndarray:
+    # Opening the file per page keeps no handle open and is safe from any thread (a few ms).
+    with tifffile.TiffFile(path) as tif:
+        return tif.pages[index].asarray()
 
 
 def _scale_from_tiff(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str]]:
@@ -203,6 +276,96 @@ def _scale_from_imagej(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[s
 
 def _norm_unit(unit: str) -> str:
     return _UNIT_ALIASES.get(unit.strip().lower(), unit.strip())
+
+
+# ----------------------------------------------------------------------------- other formats
+
+
+def other_formats_library() -> str | None:
+    """'bioio' or 'aicsimageio' (the [io] extra) when importable, bioio first; else None."""
+    for name in ("bioio", "aicsimageio"):
+        if name in sys.modules:  # already imported (or blocked with None)
+            if sys.modules[name] is not None:
+                return name
+        elif importlib.util.find_spec(name) is not None:
+            return name
+    return None
+
+
+def _read_other(p: Path, axes: str | None, lazy: bool | None, guess: bool, dask: bool) -> ImageData:
+    """CZI, ND2, LIF, OME-Zarr, DV through bioio's BioImage or aicsimageio's AICSImage.
+
+    Both give a dask array in a fixed dimension order (T, C, Z, Y, X, plus S for RGB samples and
+    M for mosaic tiles), and physical pixel sizes for Z, Y, X (None when unknown). Length-1
+    dimensions are dropped; RGB samples become C. The first scene is read.
+    """
+    suffix = next((s for s in OTHER_SUFFIXES if p.name.lower().endswith(s)), p.suffix.lower())
+    plugin = OTHER_FORMATS.get(suffix, f"the bioio plugin for {suffix} files")
+    library = other_formats_library()
+    if library is None:
+        raise SelfDenoiseError(
+            f"reading {suffix} files needs the [io] extra: pip install 'napari-selfdenoise[io]' "
+            f"(bioio and {plugin})"
+        )
+    try:
+        if library == "bioio":
+            from bioio import BioImage as Reader
+        else:
+            from aicsimageio import AICSImage as Reader
+        img = Reader(str(p))
+        order, shape = str(img.dims.order), tuple(img.dims.shape)
+        data = img.dask_data
+        sizes = img.physical_pixel_sizes
+        properties = getattr(img, "dimension_properties", None)  # bioio >= 3: units
+    except Exception as exc:  # readers raise many kinds; say which library and what to install
+        hint = ""
+        if "unsupported" in type(exc).__name__.lower() or "unsupported" in str(exc).lower()[:200]:
+            hint = f"; install the bioio plugin for {suffix} files: pip install {plugin}"
+        raise SelfDenoiseError(f"cannot read {p} with {library}: {exc}{hint}") from None
+    file_axes, index = _axes_from_dims(p, order, shape)
+    data = data[index]
+    final, guessed = _choose_axes(p, tuple(data.shape), file_axes, axes, guess)
+    if lazy is None:
+        lazy = data.nbytes > LAZY_THRESHOLD
+    if not (lazy and dask):
+        try:
+            data = np.asarray(data)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise SelfDenoiseError(f"cannot read {p} with {library}: {exc}") from None
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    for axis in "ZYX":
+        value = getattr(sizes, axis, None) if sizes is not None else None
+        if axis in final and value is not None and float(value) > 0:
+            scale[axis] = float(value)
+            unit = getattr(getattr(properties, axis, None), "unit", None)
+            # pint units print as 'micrometer'; without units the libraries report micrometres
+            units[axis] = _norm_unit(str(unit)) if unit is not None else "µm"
+    return ImageData(data, final, scale, units, str(p), guessed)
+
+
+def _axes_from_dims(p: Path, order: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Our axes for the reader's dims, and the index that drops its length-1 dimensions."""
+    axes, index = "", []
+    for dim, size in zip(order.upper(), shape):
+        if dim in "YX" or (dim in "TCZS" and size > 1):
+            axes += "C" if dim == "S" else dim  # S is RGB(A) samples: colour channels
+            index.append(slice(None))
+        elif size == 1:
+            index.append(0)
+        else:
+            raise SelfDenoiseError(
+                f"{p.name} has a dimension {dim!r} of size {size} (mosaic tiles?); export it as "
+                "one image per tile or stitched, e.g. to OME-TIFF"
+            )
+    if axes.count("C") > 1:
+        raise SelfDenoiseError(
+            f"{p.name} has both channels and RGB samples (dims {order}, shape {shape}); "
+            "export one of them, e.g. to OME-TIFF"
+        )
+    return axes, tuple(index)
 
 
 # ----------------------------------------------------------------------------------- writing

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .networks import receptive_radius
+from .steps import drain
 
 DEFAULT_TILE_2D = 512
 DEFAULT_TILE_3D = (64, 128, 128)
@@ -94,6 +95,11 @@ class TiledPredictor:
     def __call__(self, canonical, normalization, progress: Callable[[int, int], None] | None = None):
         """Predict a canonical array (N, C, [Z,] Y, X) in raw units; returns (N, outputs*C, ...) float32
         in raw units. Samples are normalised one at a time, so memory follows one sample, not the stack."""
+        return drain(self.steps(canonical, normalization), progress)
+
+    def steps(self, canonical, normalization):
+        """The same as a generator: yields (tiles done, tiles in all) and returns the result, so a
+        worker thread can report progress and be cancelled between batches of tiles."""
         n, c, *spatial = canonical.shape
         padded = tuple(_round_up(s, self.multiple) for s in spatial)
         tile = self._tile_shape(padded)
@@ -119,8 +125,7 @@ class TiledPredictor:
                     accumulated[(slice(None), *box)] += tile_out * w
                     weights[box] += w
                 done += len(chosen)
-                if progress is not None:
-                    progress(done, total)
+                yield done, total
             crop = tuple(slice(0, s) for s in spatial)
             blended = (accumulated / weights)[(slice(None), *crop)]
             for k, name in enumerate(self.method.outputs):

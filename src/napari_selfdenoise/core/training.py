@@ -65,6 +65,7 @@ class Trainer:
         self.state = state or TrainingState()
         self.device = resolve_device(config.device)
         self._stop_requested = False
+        self.running = False  # True while run() holds the network on its training device
         dims = sources[0].ndim - 2
         self.patch_shape = (config.patch,) * 2
         if dims == 3:  # Z patch: at most the thinnest stack, a multiple of 2**depth (the U-Net pools Z too)
@@ -140,9 +141,11 @@ class Trainer:
         best weights and keeps the optimizer state for saving and resuming.
         """
         optimizer, scheduler = self._setup()
+        self.running = True
         try:
             yield from self._steps(optimizer, scheduler)
         finally:
+            self.running = False
             self.state.optimizer, self.state.scheduler = optimizer.state_dict(), scheduler.state_dict()
             self.network.load_state_dict(self.best_weights)
             self.network.to("cpu", memory_format=torch.contiguous_format)
@@ -181,12 +184,10 @@ class Trainer:
                 val_loss = self.validate()
                 scheduler.step(val_loss)
                 self._record(val_loss, float(np.mean(recent)), optimizer)
-            event = self._event(state, max_steps, recent, val_loss, optimizer, ending, start_elapsed)
+            event = self._event(state, max_steps, recent, val_loss, optimizer, ending)
             if config.curve_every and (state.step % config.curve_every == 0 or ending):
                 event.extra["noise_curve"] = self.noise_curve()
-            state.elapsed += time.perf_counter() - tick
-            event.elapsed = state.elapsed
-            yield event
+            yield self._timed(event, tick, start_elapsed)
             if ending:
                 break
             if self._stop_requested:  # stop() came between steps (e.g. from this event's consumer): end here
@@ -195,12 +196,10 @@ class Trainer:
                     val_loss = self.validate()
                     scheduler.step(val_loss)
                     self._record(val_loss, float(np.mean(recent)), optimizer)
-                event = self._event(state, max_steps, recent, val_loss, optimizer, True, start_elapsed)
+                event = self._event(state, max_steps, recent, val_loss, optimizer, True)
                 if config.curve_every:
                     event.extra["noise_curve"] = self.noise_curve()
-                state.elapsed += time.perf_counter() - tick
-                event.elapsed = state.elapsed
-                yield event
+                yield self._timed(event, tick, start_elapsed)
                 break
 
     def _record(self, val_loss, train_loss, optimizer):
@@ -214,12 +213,19 @@ class Trainer:
                            ("lr", optimizer.param_groups[0]["lr"])):
             state.history[key].append(value)
 
-    def _event(self, state, max_steps, recent, val_loss, optimizer, ending, start_elapsed):
-        run_time = max(state.elapsed - start_elapsed, 1e-9)
+    def _timed(self, event: ProgressEvent, tick: float, start_elapsed: float) -> ProgressEvent:
+        """Count the time since ``tick`` as training time and put the clock and the rate on the event."""
+        self.state.elapsed += time.perf_counter() - tick
+        event.elapsed = self.state.elapsed
+        run_time = max(self.state.elapsed - start_elapsed, 1e-9)
+        event.patches_per_second = (self.state.step - self._first_step) * self.config.batch / run_time
+        return event
+
+    def _event(self, state, max_steps, recent, val_loss, optimizer, ending):
         return ProgressEvent(
             step=state.step, max_steps=max_steps, epoch=state.step // self.config.steps_per_epoch,
             train_loss=float(np.mean(recent)), val_loss=val_loss, best_val_loss=state.best_val_loss,
             lr=optimizer.param_groups[0]["lr"], elapsed=state.elapsed,
-            patches_per_second=(state.step - self._first_step) * self.config.batch / run_time,
+            patches_per_second=0.0,  # set by _timed
             done=ending, stopped=ending and self._stop_requested,
         )

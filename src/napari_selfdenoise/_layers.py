@@ -1,0 +1,81 @@
+"""napari layers <-> engine arrays: axes, placement and new-layer keyword arguments (no Qt here).
+
+The widgets use these so that every result layer sits exactly on its source layer (scale, translate,
+axis labels, units) and the source layer itself is never modified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core.axes import default_axes
+from .core.data import check_shape
+from .core.errors import SelfDenoiseError
+
+_AXES = set("STCZYX")
+
+
+def layer_axes(layer) -> str:
+    """The layer's axes: from our reader's metadata, then its axis labels, then a guess by dimension."""
+    ndim = layer.data.ndim
+    for candidate in ((layer.metadata or {}).get("axes"), "".join(map(str, layer.axis_labels)).upper()):
+        if candidate and len(candidate) == ndim and set(candidate) <= _AXES and len(set(candidate)) == ndim:
+            return candidate
+    if getattr(layer, "rgb", False):
+        return default_axes(ndim - 1) + "C"
+    return default_axes(ndim)
+
+
+def check_layer(layer, axes: str) -> None:
+    """A clear message for layers the engine cannot train on (before any work starts)."""
+    if layer is None:
+        raise SelfDenoiseError("choose an image layer first (open an image or load the sample data)")
+    if layer.__class__.__name__ != "Image":
+        raise SelfDenoiseError(f"{layer.name!r} is a {layer.__class__.__name__} layer; choose an image layer")
+    if getattr(layer, "multiscale", False):
+        raise SelfDenoiseError(f"{layer.name!r} is multiscale; open its full-resolution level as a layer")
+    check_shape(layer.data.shape, layer.data.dtype, axes, repr(layer.name))
+
+
+def placement(layer, region: tuple[slice, ...] | None = None) -> dict:
+    """Keyword arguments that put a new layer on ``layer`` (optionally on a crop of it)."""
+    scale = np.asarray(layer.scale, dtype=float)
+    translate = np.asarray(layer.translate, dtype=float)
+    if region is not None:
+        translate = translate + np.array([s.start or 0 for s in region]) * scale
+    return {"scale": tuple(scale), "translate": tuple(translate), "axis_labels": tuple(layer.axis_labels),
+            "units": tuple(str(u) for u in layer.units)}
+
+
+def result_layer_kwargs(source, output: str, method: str, axes: str) -> dict:
+    """Name, placement, display and metadata for one output of a run on ``source``."""
+    names = {"denoised": f"{source.name} denoised ({method})", "noise_std": f"{source.name} noise std"}
+    kwargs = {"name": names.get(output, f"{source.name} {output}"), **placement(source),
+              "metadata": {"axes": axes, "source": source.name, "method": method, "output": output}}
+    if output == "denoised":
+        kwargs.update(colormap=source.colormap.name, contrast_limits=tuple(source.contrast_limits),
+                      rgb=bool(getattr(source, "rgb", False)))
+    else:
+        kwargs.update(colormap="magma")
+    return kwargs
+
+
+def view_position(layer, viewer) -> list[float]:
+    """Where the user is looking, in the layer's index space: the current slice, and the camera centre
+    in the displayed dimensions."""
+    point = list(viewer.dims.point)
+    for dim, value in zip(viewer.dims.displayed, viewer.camera.center[-len(viewer.dims.displayed):]):
+        point[dim] = value
+    position = layer.world_to_data(point[-layer.ndim:])
+    return [float(p) for p in position]
+
+
+def shape_boxes(shapes, image) -> list[np.ndarray]:
+    """The shapes' vertices in ``image``'s index space (Y and X are what matter for training regions)."""
+    boxes = []
+    for vertices in shapes.data:
+        world = np.asarray(vertices, float) * np.asarray(shapes.scale)[-vertices.shape[1]:] \
+            + np.asarray(shapes.translate)[-vertices.shape[1]:]
+        yx = (world[:, -2:] - np.asarray(image.translate)[-2:]) / np.asarray(image.scale)[-2:]
+        boxes.append(np.concatenate([np.zeros((len(yx), image.ndim - 2)), yx], axis=1))
+    return boxes

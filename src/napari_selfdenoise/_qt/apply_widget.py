@@ -1,0 +1,187 @@
+"""The Apply model dock widget: load a saved model and denoise any fitting image layer with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from .._layers import check_layer, layer_axes, result_layer_kwargs
+from ..core.errors import SelfDenoiseError
+from .common import LayerPicker, notify_error, on_array, start_job
+
+
+class ApplyWidget(QWidget):
+    """Denoise an image layer with a model file trained earlier (in napari, the CLI or Python)."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.denoiser = None
+        self.worker = None
+        self.run = None
+        self.closed = False
+        self._build()
+        self.image_picker.currentTextChanged.connect(self._layer_changed)
+        self.axes_edit.textChanged.connect(self._validate)
+        self._layer_changed()
+        self.destroyed.connect(_quit_on_close(self))
+
+    def _build(self) -> None:
+        self.model_path = QLineEdit()
+        self.model_path.setPlaceholderText("a .sdmodel file")
+        self.model_path.returnPressed.connect(lambda: self.load_model(self.model_path.text()))
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.model_path)
+        row.addWidget(browse)
+        self.model_info = QLabel("No model loaded.")
+        self.model_info.setWordWrap(True)
+        self.image_picker = LayerPicker(self.viewer, ("Image",))
+        self.axes_edit = QLineEdit()
+        self.axes_message = QLabel()
+        self.axes_message.setWordWrap(True)
+        self.tta = QCheckBox("8x test-time augmentation (slower, a little better)")
+        self.tile = QSpinBox()
+        self.tile.setRange(0, 4096)
+        self.tile.setSingleStep(64)
+        self.tile.setSpecialValueText("auto")
+        self.tile.setToolTip("Tile edge in Y and X for prediction (smaller tiles use less memory)")
+        form = QFormLayout()
+        form.addRow("model", row)
+        form.addRow("", self.model_info)
+        form.addRow("image", self.image_picker)
+        form.addRow("axes", self.axes_edit)
+        form.addRow("", self.axes_message)
+        form.addRow("tile", self.tile)
+        form.addRow("", self.tta)
+        self.apply_button = QPushButton("Denoise")
+        self.apply_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.apply_button)
+        buttons.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.status = QLabel()
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch()
+        self._set_running(False)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open model", "", "Self-denoise model (*.sdmodel);;All files (*)")
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path) -> bool:
+        """Load a model file (safetensors weights and a JSON header: nothing in it is executed)."""
+        from ..core.denoiser import Denoiser
+
+        try:
+            self.denoiser = Denoiser.load(path)
+        except SelfDenoiseError as err:
+            self.denoiser = None
+            self.model_info.setText("No model loaded.")
+            notify_error(err)
+            self._validate()
+            return False
+        self.model_path.setText(str(path))
+        config, arch = self.denoiser.config, self.denoiser.architecture
+        self.model_info.setText(
+            f"{self.denoiser.method.title} · trained on axes {config.axes} · {arch['dims']}D, "
+            f"{arch['in_channels']} channel(s) · {self.denoiser.state.step} steps · {Path(path).name}")
+        self._validate()
+        return True
+
+    def _layer_changed(self, *_) -> None:
+        layer = self.image_picker.layer()
+        self.axes_edit.setText(layer_axes(layer) if layer is not None else "")
+        self._validate()
+
+    def _validate(self, *_) -> bool:
+        """Check the layer and its axes against the model; Denoise is enabled only when they fit."""
+        layer, axes = self.image_picker.layer(), self.axes_edit.text().strip().upper()
+        try:
+            check_layer(layer, axes)
+            if self.denoiser is None:
+                raise SelfDenoiseError("load a model file first")
+            self.denoiser.check_axes(layer.data.shape, axes)
+        except SelfDenoiseError as err:
+            self.axes_message.setText(str(err))
+            self.axes_message.setStyleSheet("color: #e5534b")
+            ok = False
+        else:
+            self.axes_message.setText(f"{'x'.join(map(str, layer.data.shape))} {layer.data.dtype}: fits the model")
+            self.axes_message.setStyleSheet("")
+            ok = True
+        self.apply_button.setEnabled(ok and self.worker is None)
+        return ok
+
+    def start(self) -> None:
+        from ..core.jobs import predict_job
+
+        if self.worker is not None:
+            return
+        if not self._validate():
+            notify_error(SelfDenoiseError(self.axes_message.text()))
+            return
+        layer, axes = self.image_picker.layer(), self.axes_edit.text().strip().upper()
+        denoiser, tta, tile = self.denoiser, self.tta.isChecked(), self.tile.value() or None
+        self.run = {"source": layer, "axes": axes, "method": denoiser.config.method, "cancelled": False}
+        job = on_array(layer.data, lambda image: predict_job(denoiser, image, axes, tta=tta, tile=tile))
+        self.status.setText("Denoising...")
+        self.worker = start_job(job, self._on_message, self._on_result, self._on_error, self._on_finished)
+        self._set_running(True)
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.run["cancelled"] = True
+            self.worker.quit()
+            self.status.setText("Cancelled.")
+
+    def _set_running(self, running: bool) -> None:
+        self.cancel_button.setEnabled(running)
+        for widget in (self.image_picker, self.axes_edit, self.model_path, self.tta, self.tile):
+            widget.setEnabled(not running)
+        if not running:
+            self._validate()
+        else:
+            self.apply_button.setEnabled(False)
+
+    def _on_message(self, stage) -> None:
+        if not self.closed:
+            self.progress.setRange(0, stage.total)
+            self.progress.setValue(stage.done)
+            self.status.setText(f"Denoising: tile {stage.done}/{stage.total}")
+
+    def _on_result(self, result) -> None:
+        run = self.run
+        if self.closed or run["cancelled"]:
+            return
+        for output, data in result.outputs.items():
+            self.viewer.add_image(data, **result_layer_kwargs(run["source"], output, run["method"], run["axes"]))
+        self.status.setText("Done.")
+
+    def _on_error(self, err) -> None:
+        notify_error(err)
+        if not self.closed:
+            self.status.setText(f"Failed: {err}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if not self.closed:
+            self._set_running(False)
+
+
+def _quit_on_close(widget):
+    def quit_run(*_):
+        widget.closed = True
+        if widget.worker is not None:
+            widget.worker.quit()
+    return quit_run

@@ -1,0 +1,86 @@
+"""Pieces both dock widgets use: layer pickers, the worker that runs an engine job, messages."""
+
+from __future__ import annotations
+
+import datetime
+
+from qtpy.QtWidgets import QComboBox
+
+
+class LayerPicker(QComboBox):
+    """Layers of the given kinds, by name, refreshed whenever the layer list or a name changes."""
+
+    def __init__(self, viewer, kinds: tuple[str, ...] = ("Image",), none_label: str | None = None, parent=None):
+        super().__init__(parent)
+        self.viewer, self.kinds, self.none_label = viewer, kinds, none_label
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self.refresh)
+        events.inserted.connect(self._watch_name)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _watch_name(self, event) -> None:
+        event.value.events.name.connect(self.refresh)
+
+    def refresh(self, *_) -> None:
+        current = self.currentText()
+        names = [layer.name for layer in self.viewer.layers if layer.__class__.__name__ in self.kinds]
+        if self.none_label:
+            names.insert(0, self.none_label)
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        elif names and self.none_label is None:
+            self.setCurrentIndex(len(names) - 1)  # the newest layer
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
+
+    def layer(self):
+        name = self.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+
+def start_job(job, on_message, on_result, on_error, on_finished):
+    """Run an engine job (a generator, see ``core.jobs``) in a napari worker thread.
+
+    Messages arrive on the main thread through Qt signals; the worker never touches layers or widgets.
+    """
+    from napari.qt.threading import GeneratorWorker
+
+    def run():
+        return (yield from job)
+
+    worker = GeneratorWorker(run)
+    worker.yielded.connect(on_message)
+    worker.returned.connect(on_result)
+    worker.errored.connect(on_error)
+    worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+def on_array(data, make_job):
+    """Read a layer's data (dask, zarr, memmap) into memory inside the worker, then run the job on it."""
+    import numpy as np
+
+    return (yield from make_job(np.asarray(data)))
+
+
+def notify_error(err: Exception) -> None:
+    """Our own errors say what to do: show them as they are; anything else with its type."""
+    from napari.utils.notifications import show_error
+
+    from ..core.errors import SelfDenoiseError
+
+    show_error(str(err) if isinstance(err, SelfDenoiseError) else f"{type(err).__name__}: {err}")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--:--"
+    return str(datetime.timedelta(seconds=int(round(seconds))))

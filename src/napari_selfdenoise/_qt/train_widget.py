@@ -1,0 +1,413 @@
+"""The Train & Denoise dock widget: pick a layer and a method, train in a worker, watch, keep the result."""
+
+from __future__ import annotations
+
+import time
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
+                            QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from superqt import QCollapsible
+
+from .._layers import (check_layer, layer_axes, placement, result_layer_kwargs, shape_boxes,
+                       view_position)
+from ..core.errors import SelfDenoiseError
+from .common import LayerPicker, duration, notify_error, on_array, start_job
+from .plots import LossPlot, NoisePlot, theme_colors
+
+CLASSIC = "classic"
+METHOD_TITLES = {
+    "n2s": "Noise2Self: J-invariant grid masking (Batson & Royer 2019)",
+    "n2v": "Noise2Void: random blind spots (Krull et al. 2019)",
+    "n2v2": "N2V2: Noise2Void without checkerboard artefacts (Höck et al. 2022)",
+    "n2same": "Noise2Same: invariance as a loss term (Xie, Wang & Ji 2020)",
+    "nnet": "N-net: denoising + a learned noise model (Ollion et al. 2021)",
+    CLASSIC: "Classic filters calibrated by the Noise2Self loss (no training)",
+}
+# Options that only some methods have: (method, option name, label).
+METHOD_OPTIONS = (("n2same", "lambda_inv", "λ invariance"), ("nnet", "mixture", "noise mixture K"))
+
+
+class TrainWidget(QWidget):
+    """Train a self-supervised denoiser on an image layer and add the denoised result as new layers."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.denoiser = None
+        self.worker = None
+        self.run = None  # what the running job works on: source layer, axes, method, ...
+        self.first_preview_seconds = None  # from pressing Train to the first preview (benchmark B4)
+        self.closed = False
+        self._build()
+        self.image_picker.currentTextChanged.connect(self._layer_changed)
+        self.axes_edit.textChanged.connect(self._validate_axes)
+        self.method_picker.currentIndexChanged.connect(self._method_changed)
+        self._layer_changed()
+        self._method_changed()
+        self._set_running(False)
+        self.destroyed.connect(_stop_on_close(self))
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        colors = theme_colors(self.viewer)
+        form = QFormLayout()
+        self.image_picker = LayerPicker(self.viewer, ("Image",))
+        self.axes_edit = QLineEdit()
+        self.axes_edit.setToolTip("One letter per dimension: S sample, T time, C channel, Z, Y, X")
+        self.axes_message = QLabel()
+        self.axes_message.setWordWrap(True)
+        self.method_picker = QComboBox()
+        for name, title in METHOD_TITLES.items():
+            self.method_picker.addItem(f"{name}: {title.split(':')[0]}", name)
+            self.method_picker.setItemData(self.method_picker.count() - 1, title, Qt.ItemDataRole.ToolTipRole)
+        self.method_picker.setCurrentIndex(list(METHOD_TITLES).index("n2v2"))
+        self.method_help = QLabel()
+        self.method_help.setWordWrap(True)
+        self.steps = _spin(1, 10_000_000, 2000, "Training steps (batches); the first budget reached ends training")
+        self.minutes = _float_spin(0, 100_000, 0, 1, "Stop after this many minutes of training (0: no limit)")
+        self.device_picker = QComboBox()
+        from ..core.device import available_devices
+
+        devices = available_devices()
+        self.device_picker.addItems([f"auto ({devices[0]})"] + devices)
+        self.region_picker = LayerPicker(self.viewer, ("Shapes",), none_label="whole image")
+        self.region_picker.setToolTip("Train only inside the rectangles of a Shapes layer (the result "
+                                      "covers the whole image)")
+        for label, widget in (("image", self.image_picker), ("axes", self.axes_edit), ("", self.axes_message),
+                              ("method", self.method_picker), ("", self.method_help), ("steps", self.steps),
+                              ("time limit (min)", self.minutes), ("device", self.device_picker),
+                              ("train on", self.region_picker)):
+            form.addRow(label, widget)
+
+        self.advanced = QCollapsible("Advanced options")
+        advanced = QWidget()
+        advanced_form = QFormLayout(advanced)
+        self.patch = _spin(16, 1024, 64, "Patch edge in Y and X (a multiple of 2**depth)", step=16)
+        self.batch = _spin(1, 1024, 16, "Patches per step")
+        self.lr = _float_spin(1e-6, 1.0, 4e-4, 6, "Adam learning rate", step=1e-4)
+        self.seed = _spin(0, 2**31 - 1, 0, "Random seed (same seed, same result)")
+        self.depth = _spin(1, 5, 2, "U-Net depth (poolings)")
+        self.features = _spin(4, 256, 32, "U-Net features in the first level")
+        self.val_fraction = _float_spin(0.0, 0.5, 0.1, 2, "Fraction of the data held out for validation",
+                                        step=0.05)
+        self.lambda_inv = _float_spin(0.0, 100.0, 2.0, 2, "Noise2Same: weight of the invariance term", step=0.5)
+        self.mixture = _spin(1, 3, 1, "N-net: Gaussians in the noise model (2-3 for skewed real noise)")
+        self.tta = QCheckBox("8x test-time augmentation for the result")
+        self.method_rows = {}
+        for label, widget in (("patch", self.patch), ("batch", self.batch), ("learning rate", self.lr),
+                              ("seed", self.seed), ("depth", self.depth), ("features", self.features),
+                              ("validation", self.val_fraction), ("λ invariance", self.lambda_inv),
+                              ("noise mixture K", self.mixture), ("", self.tta)):
+            advanced_form.addRow(label, widget)
+            self.method_rows[label] = (advanced_form.labelForField(widget), widget)
+        self.advanced.addWidget(advanced)
+
+        buttons = QHBoxLayout()
+        self.train_button = QPushButton("Train")
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setCheckable(True)
+        self.stop_button = QPushButton("Stop")
+        self.save_button = QPushButton("Save model...")
+        for button in (self.train_button, self.pause_button, self.stop_button, self.save_button):
+            buttons.addWidget(button)
+        self.train_button.clicked.connect(self.start)
+        self.pause_button.toggled.connect(self.set_paused)
+        self.stop_button.clicked.connect(self.stop)
+        self.save_button.clicked.connect(lambda: self.save_model())
+
+        self.progress = QProgressBar()
+        self.status = QLabel("Pick an image layer and a method, then press Train.")
+        self.status.setWordWrap(True)
+        self.loss_plot = LossPlot(colors)
+        self.noise_plot = NoisePlot(colors)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.loss_plot)
+        layout.addWidget(self.noise_plot)
+        layout.addStretch()
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def method(self) -> str:
+        return self.method_picker.currentData()
+
+    def _layer_changed(self, *_) -> None:
+        layer = self.image_picker.layer()
+        self.axes_edit.setText(layer_axes(layer) if layer is not None else "")
+        self._validate_axes()
+
+    def _validate_axes(self, *_) -> bool:
+        """Check the axes against the layer as the user types; Train is enabled only when they fit."""
+        layer = self.image_picker.layer()
+        try:
+            check_layer(layer, self.axes_edit.text().strip().upper())
+        except SelfDenoiseError as err:
+            self.axes_message.setText(str(err))
+            self.axes_message.setStyleSheet("color: #e5534b")
+            ok = False
+        else:
+            shape = "x".join(map(str, layer.data.shape))
+            self.axes_message.setText(f"{shape} {layer.data.dtype}")
+            self.axes_message.setStyleSheet("")
+            ok = True
+        self.train_button.setEnabled(ok and self.worker is None)
+        return ok
+
+    def _method_changed(self, *_) -> None:
+        method = self.method
+        self.method_help.setText(METHOD_TITLES[method])
+        for owner, _, label in METHOD_OPTIONS:
+            for widget in self.method_rows[label]:
+                widget.setVisible(owner == method)
+        trains = method != CLASSIC
+        for widget in (self.steps, self.minutes, self.device_picker, self.region_picker, self.advanced):
+            widget.setEnabled(trains)
+
+    def config(self, axes: str):
+        """The widget's settings as the engine's one configuration object."""
+        from ..core.config import TrainConfig
+
+        options = {option: getattr(self, option).value() for owner, option, _ in METHOD_OPTIONS
+                   if owner == self.method}
+        device = self.device_picker.currentText()
+        return TrainConfig(
+            method=self.method, axes=axes, steps=self.steps.value(),
+            time_limit=self.minutes.value() * 60 or None, patch=self.patch.value(), batch=self.batch.value(),
+            lr=self.lr.value(), seed=self.seed.value(), depth=self.depth.value(), features=self.features.value(),
+            val_fraction=self.val_fraction.value(), device="auto" if device.startswith("auto") else device,
+            curve_every=25, method_options=options,
+        )
+
+    # -------------------------------------------------------------- run control
+    def start(self) -> None:
+        """Train (or calibrate) on the chosen layer in a worker thread."""
+        if self.worker is not None:
+            return
+        try:
+            job, run = self._prepare()
+        except SelfDenoiseError as err:
+            notify_error(err)
+            return
+        self.run, self.first_preview_seconds = run, None
+        self.loss_plot.clear_data()
+        self.noise_plot.clear_data()
+        self.losses = {"step": [], "train": [], "val_step": [], "val": []}
+        self.status.setText("Starting...")
+        self.worker = start_job(job, self._on_message, self._on_result, self._on_error, self._on_finished)
+        self._set_running(True)
+
+    def _prepare(self):
+        from ..core.jobs import box_regions, classic_job, preview_region, train_job
+
+        layer = self.image_picker.layer()
+        axes = self.axes_edit.text().strip().upper()
+        check_layer(layer, axes)
+        run = {"source": layer, "axes": axes, "method": self.method, "started": time.monotonic(),
+               "preview_layer": None}
+        if self.method == CLASSIC:
+            self.denoiser = None
+            return on_array(layer.data, lambda image: classic_job(image, axes)), run
+        from ..core.denoiser import Denoiser
+
+        self.denoiser = Denoiser(config=self.config(axes))
+        shape = layer.data.shape
+        regions = None
+        shapes = self.region_picker.layer()
+        if shapes is not None:
+            if len(shapes.data) == 0:
+                raise SelfDenoiseError(f"the Shapes layer {shapes.name!r} is empty; draw rectangles on it "
+                                       "or train on the whole image")
+            regions = box_regions(shape_boxes(shapes, layer), shape, axes)
+        preview = preview_region(shape, axes, view_position(layer, self.viewer), depth=self.denoiser.config.patch_z)
+        denoiser, tta = self.denoiser, self.tta.isChecked()
+        return on_array(layer.data, lambda image: train_job(denoiser, image, regions, preview, tta)), run
+
+    def set_paused(self, paused: bool) -> None:
+        if self.worker is None:
+            return
+        self.pause_button.setText("Resume" if paused else "Pause")
+        if paused:
+            self.worker.pause()
+            self.status.setText(self.status.text() + " · paused")
+        else:
+            self.worker.resume()
+
+    def stop(self) -> None:
+        """End training after the current step; the best weights so far denoise the image. Pressed while
+        the result is being computed (or for the classic method), it cancels without adding layers."""
+        if self.worker is None:
+            return
+        if self.pause_button.isChecked():
+            self.pause_button.setChecked(False)
+        training = self.denoiser is not None and self.run.get("stage") is None
+        if training:
+            self.denoiser.stop()
+            self.status.setText("Stopping after this step; then denoising with the best weights...")
+        else:
+            self.run["cancelled"] = True
+            self.worker.quit()
+            self.status.setText("Cancelled.")
+
+    def save_model(self, path=None):
+        """Save the trained model (with its training history) to a model file."""
+        if self.denoiser is None or not self.denoiser.trained:
+            notify_error(SelfDenoiseError("train a model first (the classic method has no model to save)"))
+            return None
+        if path is None:
+            source = self.run["source"].name if self.run else "model"
+            path, _ = QFileDialog.getSaveFileName(self, "Save model", f"{source}-{self.denoiser.config.method}"
+                                                  ".sdmodel", "Self-denoise model (*.sdmodel)")
+            if not path:
+                return None
+        from napari.utils.notifications import show_info
+
+        try:
+            written = self.denoiser.save(path)
+        except (SelfDenoiseError, OSError) as err:
+            notify_error(err)
+            return None
+        show_info(f"Model saved to {written}")
+        return written
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        if not running:
+            self._validate_axes()
+        self.pause_button.setEnabled(running and self.method != CLASSIC)
+        self.stop_button.setEnabled(running)
+        self.save_button.setEnabled(not running and self.denoiser is not None and self.denoiser.trained)
+        for widget in (self.image_picker, self.axes_edit, self.method_picker):
+            widget.setEnabled(not running)
+        if not running:
+            self.pause_button.setChecked(False)
+
+    # -------------------------------------------------- messages from the worker
+    def _on_message(self, message) -> None:
+        if self.closed:
+            return
+        from ..core.jobs import Preview
+        from ..core.steps import Stage
+        from ..core.training import ProgressEvent
+
+        if isinstance(message, ProgressEvent):
+            self._on_progress(message)
+        elif isinstance(message, Preview):
+            self._on_preview(message)
+        elif isinstance(message, Stage):
+            if message.name != "previewing":
+                self.run["stage"] = message.name
+                self.progress.setRange(0, message.total)
+                self.progress.setValue(message.done)
+                self.status.setText(f"{message.name.capitalize()}: {message.done}/{message.total}")
+
+    def _on_progress(self, event) -> None:
+        losses = self.losses
+        losses["step"].append(event.step)
+        losses["train"].append(event.train_loss)
+        if event.val_loss is not None:
+            losses["val_step"].append(event.step)
+            losses["val"].append(event.val_loss)
+        self.loss_plot.set_data("training", losses["step"], losses["train"])
+        self.loss_plot.set_data("validation", losses["val_step"], losses["val"])
+        if "noise_curve" in event.extra:
+            self.noise_plot.show_curve(event.extra["noise_curve"])
+        fraction = event.fraction or 0.0
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(int(1000 * fraction))
+        left = event.elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        budget = f"/{event.max_steps}" if event.max_steps else ""
+        self.status.setText(f"Step {event.step}{budget} · loss {event.train_loss:.4g} · "
+                            f"{event.patches_per_second:.0f} patches/s · {duration(left)} left")
+
+    def _on_preview(self, preview) -> None:
+        run = self.run
+        if self.first_preview_seconds is None:
+            self.first_preview_seconds = time.monotonic() - run["started"]
+        source, data = run["source"], preview.outputs["denoised"]
+        layer = run["preview_layer"]
+        if layer is None or layer not in self.viewer.layers:
+            name = f"{source.name} preview ({run['method']})"
+            run["preview_layer"] = self.viewer.add_image(
+                data, name=name, **placement(source, preview.region), colormap=source.colormap.name,
+                contrast_limits=tuple(source.contrast_limits), rgb=bool(getattr(source, "rgb", False)))
+        else:
+            layer.data = data
+
+    def _on_result(self, result) -> None:
+        run = self.run
+        if self.closed or run is None or run.get("cancelled"):
+            return
+        self._remove_preview()
+        source = run["source"]
+        for output, data in result.outputs.items():
+            self.viewer.add_image(data, **result_layer_kwargs(source, output, run["method"], run["axes"]))
+        calibration = result.extra.get("calibration")
+        if calibration is not None:
+            self.noise_plot.show_curve(result.extra["noise_curve"])
+            self.status.setText(f"Done: {calibration.denoiser} ({calibration.parameter_name} = "
+                                f"{calibration.parameter:.3g}) had the lowest self-supervised loss.")
+        else:
+            how = "stopped early; best weights used" if result.stopped else "done"
+            self.status.setText(f"Training {how} after {self.denoiser.state.step} steps "
+                                f"({duration(self.denoiser.state.elapsed)}). Save the model to reuse it.")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+
+    def _on_error(self, err) -> None:
+        notify_error(err)
+        if self.closed:
+            return
+        self._remove_preview()
+        self.status.setText(f"Failed: {err}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self.closed:
+            return
+        if self.run is not None and self.run.get("cancelled"):
+            self._remove_preview()
+        self.worker = None
+        self._set_running(False)
+
+    def _remove_preview(self) -> None:
+        layer = self.run.get("preview_layer") if self.run else None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+        if self.run:
+            self.run["preview_layer"] = None
+
+
+def _stop_on_close(widget):
+    """When the widget goes away (the viewer closes) stop its run; no new layers are added."""
+    def stop(*_):
+        widget.closed = True
+        if widget.denoiser is not None:
+            widget.denoiser.stop()
+        if widget.worker is not None:
+            widget.worker.quit()
+    return stop
+
+
+def _spin(low: int, high: int, value: int, tip: str, step: int = 1) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+def _float_spin(low: float, high: float, value: float, decimals: int, tip: str, step: float = 1.0) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setDecimals(decimals)
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box

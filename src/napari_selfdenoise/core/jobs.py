@@ -1,0 +1,124 @@
+"""Whole user jobs (train then denoise, calibrate a classic denoiser, apply a model) as generators.
+
+A job yields messages and returns a ``JobResult``. The napari widgets run a job in a worker thread and
+turn each message into a plot point, a progress bar value or a preview layer on the main thread; the
+job itself knows nothing of Qt or napari, so the tests drive it directly.
+
+Messages: ``training.ProgressEvent`` (one per step), ``Preview`` (the denoised preview crop, every few
+seconds of training) and ``Stage`` (progress of prediction or calibration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .axes import make_layout
+from .denoiser import Denoiser
+from .errors import SelfDenoiseError
+from .steps import Stage, staged
+
+PREVIEW_SIZE = 256  # preview crop edge in Y and X: cheap enough to predict every few seconds on a CPU
+PREVIEW_FIRST = 1.0  # seconds of training before the first preview
+PREVIEW_EVERY = 3.0  # seconds of training between previews
+
+
+@dataclass
+class Preview:
+    outputs: dict[str, np.ndarray]  # each shaped like image[region]
+    region: tuple[slice, ...]  # where the crop sits in the full image
+    step: int
+
+
+@dataclass
+class JobResult:
+    outputs: dict[str, np.ndarray]  # "denoised" (+ e.g. "noise_std"), each shaped like the input
+    stopped: bool = False  # training was ended early by the user (the outputs use the best weights)
+    extra: dict = field(default_factory=dict)  # e.g. the classic calibration result
+
+
+def preview_region(shape: Sequence[int], axes: str, position: Sequence[float] | None = None,
+                   size: int | None = None, depth: int = 16) -> tuple[slice, ...]:
+    """A crop around ``position`` (an index per axis; the centre by default) for a live preview.
+
+    One sample (S/T), all channels, a slab of ``depth`` planes in Z (the network needs the context)
+    and up to ``size`` x ``size`` (default ``PREVIEW_SIZE``) pixels in Y and X.
+    """
+    layout = make_layout(shape, axes)
+    size = size or PREVIEW_SIZE
+    position = [s // 2 for s in shape] if position is None else position
+    region = []
+    for axis, length, centre in zip(layout.axes, shape, position):
+        centre = int(np.clip(round(float(centre)), 0, length - 1))
+        if axis in "ST":
+            region.append(slice(centre, centre + 1))
+        elif axis == "C":
+            region.append(slice(0, length))
+        else:
+            extent = min(length, depth if axis == "Z" else size)
+            start = int(np.clip(centre - extent // 2, 0, length - extent))
+            region.append(slice(start, start + extent))
+    return tuple(region)
+
+
+def box_regions(boxes: Sequence[np.ndarray], shape: Sequence[int], axes: str, minimum: int = 8) -> list[tuple]:
+    """Training regions from boxes drawn on the image: each box is an array of corner points in the
+    image's index space; its Y/X extent becomes a crop, every other axis is kept whole."""
+    layout = make_layout(shape, axes)
+    regions = []
+    for number, box in enumerate(boxes, start=1):
+        points = np.asarray(box, dtype=float)[:, -len(shape):]
+        region = []
+        for dim, (axis, length) in enumerate(zip(layout.axes, shape)):
+            if axis not in "YX":
+                region.append(slice(0, length))
+                continue
+            low = int(np.clip(np.floor(points[:, dim].min()), 0, length))
+            high = int(np.clip(np.ceil(points[:, dim].max()), 0, length))
+            if high - low < minimum:
+                raise SelfDenoiseError(
+                    f"training region {number} is only {max(high - low, 0)} pixels along {axis} inside the "
+                    f"image; draw it at least {minimum} pixels wide, over the image"
+                )
+            region.append(slice(low, high))
+        regions.append(tuple(region))
+    return regions
+
+
+def train_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | None = None,
+              preview: tuple[slice, ...] | None = None, tta: bool = False):
+    """Train on ``image`` (or only on its ``regions``), previewing ``preview`` every few seconds of training,
+    then denoise the whole image with the best weights. Stopping the denoiser ends training early and
+    still denoises."""
+    data = [image[r] for r in regions] if regions else image
+    next_preview, last = PREVIEW_FIRST, None
+    for event in denoiser.train(data):
+        last = event
+        yield event
+        if preview is not None and not event.done and event.elapsed >= next_preview:
+            outputs = yield from staged("previewing", denoiser.predict_steps(image[preview]))
+            yield Preview(outputs, preview, event.step)
+            next_preview = event.elapsed + PREVIEW_EVERY
+    outputs = yield from staged("predicting", denoiser.predict_steps(image, tta=tta))
+    return JobResult(outputs, stopped=bool(last is not None and last.stopped))
+
+
+def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = None):
+    """Calibrate the classic denoisers with the self-supervised loss, then apply the winner."""
+    from .classic import DEFAULT_DENOISERS, calibration_steps, denoise_classic
+    from .noise import noise_curve
+
+    result = yield from staged("calibrating", calibration_steps(image, axes, denoisers or DEFAULT_DENOISERS))
+    yield Stage("denoising", 0, 1)
+    denoised = denoise_classic(image, axes, result.denoiser, result.parameter)
+    return JobResult({"denoised": denoised},
+                     extra={"calibration": result, "noise_curve": noise_curve(image, denoised)})
+
+
+def predict_job(denoiser: Denoiser, image: np.ndarray, axes: str | None = None, tta: bool = False,
+                tile: int | None = None):
+    """Apply a trained model to a whole image."""
+    outputs = yield from staged("predicting", denoiser.predict_steps(image, axes, tta=tta, tile=tile))
+    return JobResult(outputs)
