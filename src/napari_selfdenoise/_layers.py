@@ -70,12 +70,14 @@ def view_position(layer, viewer) -> list[float]:
     return [float(p) for p in position]
 
 
-def shape_boxes(shapes, image) -> list[np.ndarray]:
-    """The shapes' vertices in ``image``'s index space (Y and X are what matter for training regions)."""
+def shape_boxes(shapes, image, axes: str) -> list[np.ndarray]:
+    """The shapes' vertices as (y, x) points in ``image``'s index space (what training regions need)."""
+    y, x = axes.index("Y"), axes.index("X")
     boxes = []
     for vertices in shapes.data:
-        world = np.asarray(vertices, float) * np.asarray(shapes.scale)[-vertices.shape[1]:] \
-            + np.asarray(shapes.translate)[-vertices.shape[1]:]
-        yx = (world[:, -2:] - np.asarray(image.translate)[-2:]) / np.asarray(image.scale)[-2:]
-        boxes.append(np.concatenate([np.zeros((len(yx), image.ndim - 2)), yx], axis=1))
+        vertices = np.asarray(vertices, float)
+        world = vertices * np.asarray(shapes.scale)[-vertices.shape[1]:] + np.asarray(shapes.translate)[-vertices.shape[1]:]
+        world_yx = world[:, -2:]  # the shapes layer's last two axes are the displayed Y and X
+        origin = np.asarray(image.translate, float)[[y, x]]
+        boxes.append((world_yx - origin) / np.asarray(image.scale, float)[[y, x]])
     return boxes

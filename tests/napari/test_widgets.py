@@ -252,3 +252,28 @@ def test_closing_the_viewer_while_training_stops_cleanly(make_napari_viewer, noi
     viewer.close()
     qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
     assert denoiser.state.step < 1000
+
+
+def test_training_region_from_a_shapes_layer(viewer, qtbot, noisy, errors, monkeypatch):
+    seen = []
+    original = jobs.train_job
+    monkeypatch.setattr(jobs, "train_job", lambda *a, **k: seen.append(a[2]) or original(*a, **k))
+    # A rectangle drawn in world coordinates over rows 20-60 and columns 8-100 of the image.
+    corners = np.array([[20, 8], [60, 100]]) * SCALE + TRANSLATE
+    viewer.add_shapes([corners], shape_type="rectangle", name="region")
+    widget = train_widget(viewer, steps=2)
+    widget.region_picker.setCurrentText("region")
+    widget.start()
+    wait_done(qtbot, widget)
+    assert errors() == []
+    assert seen == [[(slice(20, 60), slice(8, 100))]]
+    assert viewer.layers["cells denoised (n2v2)"].data.shape == noisy.shape
+
+
+def test_an_empty_shapes_layer_is_a_clear_message(viewer, errors):
+    viewer.add_shapes(name="nothing")
+    widget = train_widget(viewer)
+    widget.region_picker.setCurrentText("nothing")
+    widget.start()
+    assert widget.worker is None
+    assert any("is empty" in message for message in errors())

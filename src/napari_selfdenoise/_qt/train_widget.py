@@ -223,7 +223,7 @@ class TrainWidget(QWidget):
             if len(shapes.data) == 0:
                 raise SelfDenoiseError(f"the Shapes layer {shapes.name!r} is empty; draw rectangles on it "
                                        "or train on the whole image")
-            regions = box_regions(shape_boxes(shapes, layer), shape, axes)
+            regions = box_regions(shape_boxes(shapes, layer, axes), shape, axes)
         preview = preview_region(shape, axes, view_position(layer, self.viewer), depth=self.denoiser.config.patch_z)
         denoiser, tta = self.denoiser, self.tta.isChecked()
         return on_array(layer.data, lambda image: train_job(denoiser, image, regions, preview, tta)), run

@@ -65,24 +65,24 @@ def preview_region(shape: Sequence[int], axes: str, position: Sequence[float] | 
 
 def box_regions(boxes: Sequence[np.ndarray], shape: Sequence[int], axes: str, minimum: int = 8) -> list[tuple]:
     """Training regions from boxes drawn on the image: each box is an array of corner points in the
-    image's index space; its Y/X extent becomes a crop, every other axis is kept whole."""
+    image's index space, either (y, x) pairs or one coordinate per axis. Its Y/X extent becomes a crop;
+    every other axis is kept whole."""
     layout = make_layout(shape, axes)
     regions = []
     for number, box in enumerate(boxes, start=1):
-        points = np.asarray(box, dtype=float)[:, -len(shape):]
-        region = []
-        for dim, (axis, length) in enumerate(zip(layout.axes, shape)):
-            if axis not in "YX":
-                region.append(slice(0, length))
-                continue
-            low = int(np.clip(np.floor(points[:, dim].min()), 0, length))
-            high = int(np.clip(np.ceil(points[:, dim].max()), 0, length))
+        points = np.asarray(box, dtype=float)
+        columns = {"Y": 0, "X": 1} if points.shape[1] == 2 else {a: layout.axes.index(a) for a in "YX"}
+        region = [slice(0, length) for length in shape]
+        for axis, column in columns.items():
+            dim, length = layout.axes.index(axis), shape[layout.axes.index(axis)]
+            low = int(np.clip(np.floor(points[:, column].min()), 0, length))
+            high = int(np.clip(np.ceil(points[:, column].max()), 0, length))
             if high - low < minimum:
                 raise SelfDenoiseError(
                     f"training region {number} is only {max(high - low, 0)} pixels along {axis} inside the "
                     f"image; draw it at least {minimum} pixels wide, over the image"
                 )
-            region.append(slice(low, high))
+            region[dim] = slice(low, high)
         regions.append(tuple(region))
     return regions
 
