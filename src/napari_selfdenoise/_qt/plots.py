@@ -30,6 +30,7 @@ class LivePlot(pg.PlotWidget):
             axis.setLabel(label, color=colors["text"])
             axis.setPen(colors["foreground"])
             axis.setTextPen(colors["text"])
+            axis.enableAutoSIPrefix(False)  # no "(x0.001)" in the labels: show the data's own numbers
         item.showGrid(x=True, y=True, alpha=0.2)
         self.legend = item.addLegend(offset=(-10, 10), labelTextColor=colors["text"])
         self.curves: dict[str, pg.PlotDataItem] = {}

@@ -47,6 +47,8 @@ class TrainWidget(QWidget):
         self._method_changed()
         self._set_running(False)
         self.destroyed.connect(_stop_on_close(self))
+        # Import the engine now: an import inside the worker would hold the GIL and freeze the GUI.
+        from ..core import classic, denoiser, jobs, training  # noqa: F401
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
