@@ -224,7 +224,7 @@ def test_a_model_whose_axes_do_not_fit_is_refused(viewer, qtbot, tmp_path, noisy
     apply.image_picker.setCurrentText("stack")
     assert apply.axes_edit.text() == "ZYX"
     assert not apply.apply_button.isEnabled()
-    assert "2D" in apply.axes_message.text()
+    assert "2D" in apply.axes_message.text() and "'TYX'" in apply.axes_message.text()
     apply.start()
     assert apply.worker is None and "stack denoised (n2s)" not in viewer.layers
     assert any("2D" in message for message in errors())

@@ -91,7 +91,9 @@ class Denoiser:
         dims = 3 if layout.is_3d else 2
         if dims != self.architecture["dims"]:
             want = "3D (with a Z axis)" if self.architecture["dims"] == 3 else "2D (without a Z axis)"
-            raise SelfDenoiseError(f"this model is {want}, but the image axes are {layout.axes!r}")
+            hint = (f"; to denoise the planes one by one, give the axes as {layout.axes.replace('Z', 'T')!r}"
+                    if dims == 3 and "T" not in layout.axes else "")
+            raise SelfDenoiseError(f"this model is {want}, but the image axes are {layout.axes!r}{hint}")
         if layout.channels != self.architecture["in_channels"]:
             raise SelfDenoiseError(
                 f"this model expects {self.architecture['in_channels']} channel(s), the image has {layout.channels}"
