@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -92,10 +93,15 @@ class Trainer:
             else torch.contiguous_format
         self.memory_format = memory_format
         self.network.to(self.device, memory_format=memory_format)
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.lr)
+        optimizer = torch.optim.Adam(self.method.parameter_groups(self.network, self.config.lr))
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=10)
         if self.state.optimizer:
-            optimizer.load_state_dict(self.state.optimizer)
+            try:
+                optimizer.load_state_dict(self.state.optimizer)
+            except ValueError:  # saved by a version with other parameter groups: keep the weights only
+                warnings.warn("the saved optimizer state does not fit this version's parameter groups; "
+                              "fine-tuning starts with a fresh optimizer", stacklevel=2)
+                self.state.scheduler = None
         if self.state.scheduler:
             scheduler.load_state_dict(self.state.scheduler)
         self.amp_dtype = None

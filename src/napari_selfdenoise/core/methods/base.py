@@ -47,6 +47,10 @@ class Method:
     def training_loss(self, net, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def parameter_groups(self, net, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one group at the configured learning rate by default."""
+        return [{"params": list(net.parameters()), "lr": lr}]
+
     def predict(self, net, x: torch.Tensor) -> torch.Tensor:
         """Inference on normalised input; returns ``len(outputs) * C`` channels."""
         return net(x)

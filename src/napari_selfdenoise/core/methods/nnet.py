@@ -5,6 +5,9 @@ signal estimate to a per-pixel noise distribution (a Gaussian, or a mixture of K
 noise), and the loss is the negative log-likelihood of the hidden (masked) observations under it.
 Masking: a random grid (spacing 3-5, random phase) per step, masked pixels replaced by the mean of their
 direct neighbours. Outputs: the denoised image and a per-pixel noise-std map.
+The noise head learns at ``noise_lr`` times the learning rate (default 10): at the D-net's rate it stays
+far too flat within a training budget (B3 in BENCHMARKS.md, speckle noise: 14-27 % error at 1x, 6-9 % at
+10x), because its few weights must turn a narrow band of normalised signal into a steep std curve.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class NoiseModelNet(Method):
     paper = ("Ollion, Ollion, Gassiat, Lehéricy & Le Corff, Joint self-supervised blind denoising and "
              "noise estimation, arXiv:2102.08023 (2021)")
     outputs = ("denoised", "noise_std")
-    defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32}
+    defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32, "noise_lr": 10.0}
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -34,11 +37,18 @@ class NoiseModelNet(Method):
             raise SelfDenoiseError("nnet option mixture (K) must be 1, 2 or 3")
         if not 2 <= int(self.options["grid_min"]) <= int(self.options["grid_max"]):
             raise SelfDenoiseError("nnet options need 2 <= grid_min <= grid_max")
+        if not float(self.options["noise_lr"]) > 0:
+            raise SelfDenoiseError("nnet option noise_lr (learning-rate factor of the noise head) must be > 0")
 
     def architecture(self, channels, dims, depth, features):
         return {"kind": "nnet", "in_channels": channels, "out_channels": channels * len(self.outputs),
                 "dims": dims, "depth": depth, "features": features, "n2v2": False,
                 "mixture": int(self.options["mixture"]), "noise_features": int(self.options["noise_features"])}
+
+    def parameter_groups(self, net, lr):
+        """D-net at ``lr`` (the first group, whose rate the front ends show), noise head at ``noise_lr * lr``."""
+        return [{"params": list(net.denoiser.parameters()), "lr": lr},
+                {"params": list(net.noise.parameters()), "lr": lr * float(self.options["noise_lr"])}]
 
     def training_loss(self, net, batch, gen):
         low, high = int(self.options["grid_min"]), int(self.options["grid_max"])
