@@ -64,7 +64,9 @@ def view_position(layer, viewer) -> list[float]:
     """Where the user is looking, in the layer's index space: the current slice, and the camera centre
     in the displayed dimensions."""
     point = list(viewer.dims.point)
-    for dim, value in zip(viewer.dims.displayed, viewer.camera.center[-len(viewer.dims.displayed):]):
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9 moved the camera to viewer.scene
+    camera = scene.camera if scene is not None else viewer.camera
+    for dim, value in zip(viewer.dims.displayed, camera.center[-len(viewer.dims.displayed):]):
         point[dim] = value
     position = layer.world_to_data(point[-layer.ndim:])
     return [float(p) for p in position]
