@@ -107,6 +107,8 @@ def train(method, image, axes, args, steps, mixture=None):
     options = {"mixture": mixture} if mixture is not None else {}
     if method == "nnet" and args.noise_lr is not None:
         options["noise_lr"] = args.noise_lr
+    if method == "nnet" and args.structure is not None:
+        options["structure"] = args.structure == "on"
     model = Denoiser(method, axes, steps=steps, time_limit=args.minutes * 60 if args.minutes else None,
                      batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
                      seed=args.seed, device=args.device, curve_every=0, method_options=options)
@@ -282,6 +284,8 @@ def main():
     parser.add_argument("--minutes", type=float, default=None, help="wall-time cap per training")
     parser.add_argument("--noise-lr", type=float, default=None,
                         help="nnet option noise_lr (learning-rate factor of the noise head; default: the method's)")
+    parser.add_argument("--structure", choices=("on", "off"), default=None,
+                        help="N-net's blind-spot error term during training (default: the method's)")
     parser.add_argument("--real", default=",".join(FMD))
     parser.add_argument("--mixtures", default="1,2,3")
     parser.add_argument("--real-steps", type=int, default=600)

@@ -313,3 +313,57 @@ def test_nnet_trains_on_degenerate_images(name, k):
     assert np.isfinite(outputs["denoised"]).all()
     std = outputs["noise_std"]
     assert std.shape == image.shape and np.isfinite(std).all() and (std > 0).all()
+
+
+# ------------------------------------------------------------------ N-net's blind-spot error term
+def test_squared_gradient_of_ramps_and_constants():
+    from napari_selfdenoise.core.networks import squared_gradient
+
+    y, x = torch.meshgrid(torch.arange(8.0), torch.arange(10.0), indexing="ij")
+    ramp = (3 * x - 2 * y)[None, None]
+    inner = squared_gradient(ramp)[..., 1:-1, 1:-1]
+    assert torch.allclose(inner, torch.full_like(inner, 13.0))  # 3^2 + 2^2 away from the edges
+    assert (squared_gradient(torch.full((1, 2, 4, 5, 6), 7.0)) == 0).all()  # 3-D, constant
+    volume = torch.arange(5.0).reshape(1, 1, 5, 1, 1).expand(1, 1, 5, 4, 4)  # slope 1 along Z only
+    assert torch.allclose(squared_gradient(volume)[:, :, 1:-1], torch.ones(1, 1, 3, 4, 4))
+
+
+def test_structure_term_widens_only_where_the_signal_has_structure_and_only_in_training():
+    torch.manual_seed(0)
+    net = NNet(in_channels=1, dims=2, depth=1, features=8, noise_features=8, structure=True)
+    flat = torch.full((1, 1, 16, 16), 0.4)
+    edge = flat.clone()
+    edge[..., 8:] = 0.9
+    for signal, widened in ((flat, False), (edge, True)):
+        params = net.noise(signal)
+        _, _, sigmas = net.noise.widen_by_structure(params, signal)
+        if widened:
+            assert (sigmas[..., 7:9] > params[2][..., 7:9] * 1.001).all()  # at the edge
+            assert torch.equal(sigmas[..., :6], params[2][..., :6])  # away from it
+        else:
+            assert torch.equal(sigmas, params[2])
+    # The prediction (the noise-std map a user gets) never includes the term, whatever its weight.
+    method = get_method("nnet", {"structure": True, "noise_features": 8})
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        before = method.predict(net, x)
+        net.noise.structure_logit.fill_(5.0)
+        assert torch.equal(method.predict(net, x), before)
+    # ... and it is learned: its weight receives a gradient from the training loss.
+    loss = method.training_loss(net, torch.rand(2, 1, 16, 16), _gen())
+    loss.backward()
+    assert net.noise.structure_logit.grad is not None and net.noise.structure_logit.grad.abs().sum() > 0
+
+
+def test_structure_option_round_trips_and_old_models_load_without_it(tmp_path):
+    image = add_noise(fluorescence_image((48, 48), seed=3), "gaussian", sigma=0.1, seed=4)
+    model = Denoiser("nnet", "YX", patch=16, batch=2, features=8, depth=1, steps=3,
+                     method_options={"structure": True, "noise_features": 8}).fit(image)
+    loaded = Denoiser.load(model.save(tmp_path / "m.sdmodel"))
+    assert loaded.architecture["structure"] is True
+    assert torch.equal(loaded.network.noise.structure_logit, model.network.noise.structure_logit)
+    np.testing.assert_allclose(loaded.predict(image), model.predict(image), atol=1e-6)
+    old = {k: v for k, v in model.architecture.items() if k != "structure"}  # saved before the option existed
+    from napari_selfdenoise.core.networks import build_network
+
+    assert build_network(old).noise.structure_logit is None

@@ -111,7 +111,7 @@ class NoiseHead(nn.Module):
     outputs a weight logit, a mean offset and a std (``mixture`` = 1 gives a single Gaussian).
     """
 
-    def __init__(self, channels: int, dims: int, mixture: int = 1, features: int = 32):
+    def __init__(self, channels: int, dims: int, mixture: int = 1, features: int = 32, structure: bool = False):
         super().__init__()
         conv = _conv(dims)
         self.channels, self.mixture = channels, mixture
@@ -119,6 +119,11 @@ class NoiseHead(nn.Module):
             conv(channels, features, 1), nn.SiLU(), conv(features, features, 1), nn.SiLU(),
             conv(features, channels * mixture * 3, 1),
         )
+        # Training only: the hidden pixel's residual is noise plus the blind-spot prediction's error, which
+        # is largest where the signal has structure. A per-channel weight w >= 0 widens the distribution by
+        # sqrt(1 + w * |grad signal|^2) there, so that sigma(signal) is fitted by the flat parts; predictions
+        # never include it (B3 in BENCHMARKS.md).
+        self.structure_logit = nn.Parameter(torch.full((channels,), -2.0)) if structure else None
 
     def forward(self, signal):
         """Returns (weights, offsets, sigmas), each (B, C, K, ...): weights sum to 1, offsets are centred
@@ -133,6 +138,29 @@ class NoiseHead(nn.Module):
         return weights, offsets, sigmas
 
 
+    def widen_by_structure(self, params, signal):
+        """(weights, offsets, sigmas) widened by the blind-spot error term (see ``structure_logit``)."""
+        if self.structure_logit is None:
+            return params
+        weights, offsets, sigmas = params
+        shape = (1, -1) + (1,) * (signal.ndim - 2)
+        w = F.softplus(self.structure_logit).view(shape)
+        factor = torch.sqrt(1 + w * squared_gradient(signal.detach())).unsqueeze(2)  # over the components
+        return weights, offsets * factor, sigmas * factor
+
+
+def squared_gradient(x: torch.Tensor) -> torch.Tensor:
+    """|grad x|^2 by central differences over the spatial axes (edge values replicated), same shape."""
+    total = torch.zeros_like(x)
+    for axis in range(2, x.ndim):
+        pad = [0, 0] * (x.ndim - 2)
+        pad[2 * (x.ndim - 1 - axis)] = pad[2 * (x.ndim - 1 - axis) + 1] = 1
+        padded = F.pad(x, pad, mode="replicate")
+        n = x.shape[axis]
+        total = total + ((padded.narrow(axis, 2, n) - padded.narrow(axis, 0, n)) / 2) ** 2
+    return total
+
+
 def mixture_std(weights, offsets, sigmas):
     """Std of the mixture (its mean is the signal): sqrt(sum_k w_k (sigma_k^2 + mu_k^2))."""
     return torch.sqrt((weights * (sigmas**2 + offsets**2)).sum(dim=2))
@@ -142,11 +170,11 @@ class NNet(nn.Module):
     """D-net (a U-Net predicting the signal) and N-net (the noise head on its output), trained jointly."""
 
     def __init__(self, in_channels: int = 1, dims: int = 2, depth: int = 2, features: int = 32,
-                 n2v2: bool = False, mixture: int = 1, noise_features: int = 32):
+                 n2v2: bool = False, mixture: int = 1, noise_features: int = 32, structure: bool = False):
         super().__init__()
         self.dims = dims
         self.denoiser = UNet(in_channels, in_channels, dims, depth, features, n2v2)
-        self.noise = NoiseHead(in_channels, dims, mixture, noise_features)
+        self.noise = NoiseHead(in_channels, dims, mixture, noise_features, structure)
 
     def forward(self, x):
         signal = self.denoiser(x)
@@ -157,7 +185,7 @@ def build_network(architecture: dict) -> nn.Module:
     """Rebuild a network from the ``architecture`` dict stored in model files."""
     kind = architecture.get("kind", "unet")
     if kind == "nnet":
-        allowed = {"in_channels", "dims", "depth", "features", "n2v2", "mixture", "noise_features"}
+        allowed = {"in_channels", "dims", "depth", "features", "n2v2", "mixture", "noise_features", "structure"}
         return NNet(**{k: v for k, v in architecture.items() if k in allowed})
     if kind != "unet":
         from .errors import ModelFileError

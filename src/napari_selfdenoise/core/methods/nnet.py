@@ -29,7 +29,8 @@ class NoiseModelNet(Method):
     paper = ("Ollion, Ollion, Gassiat, Lehéricy & Le Corff, Joint self-supervised blind denoising and "
              "noise estimation, arXiv:2102.08023 (2021)")
     outputs = ("denoised", "noise_std")
-    defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32, "noise_lr": 10.0}
+    defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32, "noise_lr": 10.0,
+                "structure": False}
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -43,7 +44,8 @@ class NoiseModelNet(Method):
     def architecture(self, channels, dims, depth, features):
         return {"kind": "nnet", "in_channels": channels, "out_channels": channels * len(self.outputs),
                 "dims": dims, "depth": depth, "features": features, "n2v2": False,
-                "mixture": int(self.options["mixture"]), "noise_features": int(self.options["noise_features"])}
+                "mixture": int(self.options["mixture"]), "noise_features": int(self.options["noise_features"]),
+                "structure": bool(self.options["structure"])}
 
     def parameter_groups(self, net, lr):
         """D-net at ``lr`` (the first group, whose rate the front ends show), noise head at ``noise_lr * lr``."""
@@ -55,7 +57,7 @@ class NoiseModelNet(Method):
         spacing = int(torch.randint(low, high + 1, (1,), generator=gen))
         mask = grid_mask((batch.shape[0], *batch.shape[2:]), spacing, gen, batch.device)
         signal, params = net(torch.where(mask[:, None], direct_neighbour_mean(batch), batch))
-        return mixture_nll(batch, signal, params, mask)
+        return mixture_nll(batch, signal, net.noise.widen_by_structure(params, signal), mask)
 
     def predict(self, net, x):
         signal, params = net(x)
