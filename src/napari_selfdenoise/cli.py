@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=4e-4, help="learning rate (default 4e-4)")
     p.add_argument("--depth", type=int, default=2, help="U-Net poolings (default 2)")
     p.add_argument("--features", type=int, default=32, help="U-Net channels at the top level (default 32)")
+    p.add_argument("--z-levels", type=int, metavar="N",
+                   help="3D: how many of the --depth poolings also halve Z (default: all of them for stacks "
+                        "of 8 or more Z planes, none for thinner ones, which pool only Y and X and train on "
+                        "all their planes)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
@@ -385,7 +389,8 @@ def cmd_train(args) -> int:
     config = TrainConfig(method=method, axes=axes, patch=args.patch, patch_z=args.patch_z, batch=args.batch,
                          steps=args.steps, epochs=args.epochs, time_limit=args.time_limit,
                          steps_per_epoch=args.steps_per_epoch, lr=args.lr, seed=args.seed, device=args.device,
-                         depth=args.depth, features=args.features, val_fraction=args.val_fraction,
+                         depth=args.depth, features=args.features, z_levels=args.z_levels,
+                         val_fraction=args.val_fraction,
                          method_options=options)
     device = _check_device(args.device)
     model = Denoiser(config=config)  # checks the method options
@@ -418,13 +423,15 @@ def _check_patch_fits(layout, config, name: str) -> None:
         raise SelfDenoiseError(
             f"{name} is {shape['Y']}x{shape['X']} pixels (YX), smaller than the patch {config.patch}; {hint}")
     if "Z" in shape:
-        z = min(config.patch_z, shape["Z"])
-        if z % multiple:
-            fits = z // multiple * multiple
-            hint = f"use --patch-z {fits}" if fits else f"use --depth {max(0, int(math.log2(max(z, 1))))}"
+        from .core.networks import auto_z_levels
+
+        levels = auto_z_levels(shape["Z"], config.depth) if config.z_levels is None else config.z_levels
+        z_multiple = 2**levels
+        if shape["Z"] < z_multiple:
+            fits = max(0, shape["Z"].bit_length() - 1)
             raise SelfDenoiseError(
-                f"{name} has {shape['Z']} Z planes: the Z patch ({z}) must be a multiple of {multiple} "
-                f"(2**depth); {hint}")
+                f"{name} has {shape['Z']} Z planes, fewer than the {z_multiple} that {levels} Z poolings "
+                f"need; use --z-levels {fits} or fewer (or leave it out: automatic)")
 
 
 # ------------------------------------------------------------------------------ predict
@@ -663,6 +670,14 @@ def cmd_noise(args) -> int:
     return 0
 
 
+def _z_pooling(arch: dict) -> str:
+    if arch.get("dims") != 3:
+        return ""
+    levels = arch.get("z_levels", arch.get("depth"))  # older files pool Z at every level
+    return ", Z pooled at every level" if levels == arch.get("depth") else \
+        f", Z pooled at {levels} of {arch.get('depth')} levels (Y and X only below)"
+
+
 def cmd_info(args) -> int:
     from .core.denoiser import Denoiser
 
@@ -679,7 +694,8 @@ def cmd_info(args) -> int:
         ("trained", f"{state.step} steps in {_duration(state.elapsed)}"),
         ("best val loss", _loss(state.best_val_loss)),
         ("network", f"{arch.get('dims', '?')}D U-Net{' (N2V2)' if arch.get('n2v2') else ''}, depth "
-                    f"{arch.get('depth')}, {arch.get('features')} features, {arch.get('in_channels')} channel(s)"),
+                    f"{arch.get('depth')}, {arch.get('features')} features, {arch.get('in_channels')} channel(s)"
+                    + _z_pooling(arch)),
         ("training", f"patch {config.patch}, batch {config.batch}, lr {config.lr:g}, seed {config.seed}"
                      + (f", {', '.join(budget)}" if budget else "")),
     ]

@@ -33,6 +33,9 @@ class TrainConfig:
     # U-Net size.
     depth: int = 2
     features: int = 32
+    # 3D only: how many of the ``depth`` poolings also halve Z; None = automatic (all of them with 8 or
+    # more Z planes, none below: thin stacks, usually coarse in Z, pool only Y and X and train on all planes).
+    z_levels: int | None = None
     # Fraction of the data held out for validation (whole samples when there are many).
     val_fraction: float = 0.1
     # Emit a noise-level curve (on a fixed validation crop) every this many steps; 0 turns it off.
@@ -53,6 +56,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise SelfDenoiseError(f"{name} must be a positive integer")
+        if self.z_levels is not None and not 0 <= int(self.z_levels) <= int(self.depth):
+            raise SelfDenoiseError(f"z_levels must be between 0 and depth ({self.depth}), or None (automatic)")
         if self.time_limit is not None and self.time_limit <= 0:
             raise SelfDenoiseError("time_limit must be a positive number of seconds")
         if not 0 <= self.val_fraction < 1:

@@ -69,12 +69,13 @@ class Trainer:
         self.running = False  # True while run() holds the network on its training device
         dims = sources[0].ndim - 2
         self.patch_shape = (config.patch,) * 2
-        if dims == 3:  # Z patch: at most the thinnest stack, a multiple of 2**depth (the U-Net pools Z too)
-            planes, multiple = min(s.shape[2] for s in sources), 2**config.depth
+        if dims == 3:  # Z patch: at most the thinnest stack, a multiple of what the U-Net pools Z by
+            planes, multiple = min(s.shape[2] for s in sources), network.pool_multiples[0]
             patch_z = min(config.patch_z, planes) // multiple * multiple
             if patch_z < 1:
-                raise SelfDenoiseError(f"3D models need stacks of at least {multiple} Z planes (2**depth); this one "
-                                       f"has {planes}: use a smaller depth, or axes without Z for a 2D model")
+                raise SelfDenoiseError(f"this 3D model pools Z {multiple}-fold, so it needs stacks of at least "
+                                       f"{multiple} Z planes; this one has {planes}: train a model with fewer "
+                                       f"Z poolings (z_levels, --z-levels), or give axes without Z for a 2D model")
             self.patch_shape = (patch_z, *self.patch_shape)
         train, val, self.split_note = split_regions(sources, self.patch_shape, config.val_fraction)
         # Offset by the step so a resumed run draws new patches rather than replaying the first ones.
