@@ -106,7 +106,7 @@ def shard_seeds(seed: int, shards) -> list[tuple[object, int]]:
 def _comm_device() -> torch.device:
     # NCCL reduces CUDA tensors only; Gloo reduces CPU tensors.
     if torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", current().local_rank)
     return torch.device("cpu")
 
 

@@ -117,6 +117,9 @@ class Trainer:
         if self.group.active:
             from torch.nn.parallel import DistributedDataParallel
 
+            if self.device.type == "cuda":  # also when the caller set up the process group itself
+                torch.cuda.set_device(self.device)
+
             # The only buffers (blur kernels) are constants: nothing to broadcast at every forward.
             no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in \
                 inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
