@@ -732,7 +732,9 @@ def cmd_info(args) -> int:
         ("network", f"{arch.get('dims', '?')}D U-Net{' (N2V2)' if arch.get('n2v2') else ''}, depth "
                     f"{arch.get('depth')}, {arch.get('features')} features, {arch.get('in_channels')} channel(s)"
                     + _z_pooling(arch)),
-        ("training", f"patch {config.patch}, batch {config.batch}, lr {config.lr:g}, seed {config.seed}"
+        ("training", f"patch {config.patch}, batch {config.batch}"
+                     + (f" in {config.accumulate} micro-batches" if config.accumulate > 1 else "")
+                     + f", lr {config.lr:g}, seed {config.seed}"
                      + (f", {', '.join(budget)}" if budget else "")),
     ]
     if config.method_options:
