@@ -421,3 +421,23 @@ def test_nnet_mixture_noise_std_and_noise_curve(shared, tmp_path):
     rows = [list(map(float, line.split(","))) for line in lines[1:]]
     assert 2 <= len(rows) <= 5
     assert all(r[1] > 0 and r[4] > 0 for r in rows)
+
+
+def test_train_and_predict_thin_volume(tmp_path):
+    """Five coarse Z planes (fewer than 8): a 3D model that pools only Y and X, written and applied."""
+    clean = fluorescence_image((20, 64, 64), seed=3)[::4]
+    tifffile.imwrite(tmp_path / "thin.tif", add_noise(clean, sigma=0.1, seed=4), metadata={"axes": "ZYX"})
+    proc = run("train", tmp_path / "thin.tif", "--axes", "ZYX", "--method", "n2s", *FAST,
+               "--out", tmp_path / "thin.sdmodel")
+    assert proc.returncode == 0, proc.stderr
+    from napari_selfdenoise.core.denoiser import Denoiser
+
+    assert Denoiser.load(tmp_path / "thin.sdmodel").architecture["z_levels"] == 0
+    proc = run("predict", tmp_path / "thin.sdmodel", tmp_path / "thin.tif", "--out", tmp_path / "den.tif")
+    assert proc.returncode == 0, proc.stderr
+    denoised = tifffile.imread(tmp_path / "den.tif")
+    assert denoised.shape == (5, 64, 64) and denoised.dtype == np.float32 and np.isfinite(denoised).all()
+    before = listing(tmp_path)
+    proc = run("train", tmp_path / "thin.tif", "--axes", "ZYX", *FAST, "--depth", "3", "--z-levels", "3",
+               "--out", tmp_path / "forced.sdmodel")
+    assert_clean_failure(proc, tmp_path, before, "use --z-levels 2 or fewer")

@@ -5,6 +5,7 @@
     selfdenoise predict cells.sdmodel noisy.tif --out denoised.ome.tif
     selfdenoise calibrate noisy.tif --out classic.ome.tif --report calibration.json
     selfdenoise info cells.sdmodel
+    torchrun --nproc_per_node 4 -m napari_selfdenoise.cli train noisy.tif --out cells.sdmodel  # 4 GPUs
 
 Exit codes: 0 success; 2 a bad request or bad input (one line ``selfdenoise: error: ...`` on stderr,
 no traceback, nothing written); 130 interrupted (Ctrl-C; nothing written). Any other code means a bug.
@@ -82,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- train
     p = commands.add_parser("train", parents=[common], formatter_class=_HelpFormatter,
                             help="train a model on noisy images",
-                            description="Train a self-supervised denoiser on one or more noisy images.")
+                            description="Train a self-supervised denoiser on one or more noisy images. "
+                                        "Under torchrun (torchrun --nproc_per_node N -m napari_selfdenoise.cli "
+                                        "train ...) it trains data-parallel on N GPUs (or N CPU processes): "
+                                        "--batch stays the global batch, split evenly over the processes; "
+                                        "only rank 0 validates, shows progress and writes the model.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images (.tif, .ome.tif, .npy)")
     p.add_argument("--out", "-o", required=True, metavar="MODEL", help="model file to write (.sdmodel)")
     p.add_argument("--method", default="n2v2", metavar="METHOD", help="one of: {methods} (default n2v2)")
@@ -94,10 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps-per-epoch", type=int, default=100, help="steps between validations (default 100)")
     p.add_argument("--patch", type=int, default=64, help="patch size in Y and X (default 64)")
     p.add_argument("--patch-z", type=int, default=16, help="patch size in Z, for 3D (default 16)")
-    p.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
+    p.add_argument("--batch", type=int, default=16,
+                   help="patches per step, in all (default 16); under torchrun each of N processes trains "
+                        "on batch/N of them (batch must be a multiple of N x --accumulate)")
+    p.add_argument("--accumulate", type=int, default=1, metavar="K",
+                   help="gradient accumulation: each process splits its share of the batch into K "
+                        "micro-batches, for less memory (default 1); N processes x K is what decides the "
+                        "random draws, so --accumulate 2 in one process reproduces 2 processes")
     p.add_argument("--lr", type=float, default=4e-4, help="learning rate (default 4e-4)")
     p.add_argument("--depth", type=int, default=2, help="U-Net poolings (default 2)")
     p.add_argument("--features", type=int, default=32, help="U-Net channels at the top level (default 32)")
+    p.add_argument("--z-levels", type=int, metavar="N",
+                   help="3D: how many of the --depth poolings also halve Z (default: all of them for stacks "
+                        "of 8 or more Z planes, none for thinner ones, which pool only Y and X and train on "
+                        "all their planes)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
@@ -180,6 +195,9 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         return _fail("give a command: train, predict, calibrate, noise, demo or info (try 'selfdenoise demo')")
     try:
+        if args.func is not cmd_train and _under_torchrun():
+            raise SelfDenoiseError("only 'selfdenoise train' runs under torchrun (several processes); "
+                                   "run the other commands as one process")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
@@ -191,6 +209,10 @@ def main(argv=None) -> int:
         if type(err).__name__ == "OutOfMemoryError":  # torch's, on a GPU
             return _fail("the device ran out of memory; use a smaller --tile/--batch-size or --device cpu")
         raise
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1  # not core.distributed's: that imports torch
 
 
 def _message(err: BaseException) -> str:
@@ -383,9 +405,11 @@ def cmd_train(args) -> int:
         raise SelfDenoiseError(f"the inputs have different axes ({listed}); train on one kind, or pass --axes")
     axes = images[0].axes
     config = TrainConfig(method=method, axes=axes, patch=args.patch, patch_z=args.patch_z, batch=args.batch,
+                         accumulate=args.accumulate,
                          steps=args.steps, epochs=args.epochs, time_limit=args.time_limit,
                          steps_per_epoch=args.steps_per_epoch, lr=args.lr, seed=args.seed, device=args.device,
-                         depth=args.depth, features=args.features, val_fraction=args.val_fraction,
+                         depth=args.depth, features=args.features, z_levels=args.z_levels,
+                         val_fraction=args.val_fraction,
                          method_options=options)
     device = _check_device(args.device)
     model = Denoiser(config=config)  # checks the method options
@@ -393,17 +417,34 @@ def cmd_train(args) -> int:
         layout = _check_input(image, Path(image.path).name)
         _check_patch_fits(layout, config, Path(image.path).name)
 
+    from .core import distributed
+
+    group = distributed.init_from_env(args.device)  # torchrun: join the other processes
+    try:
+        return _train_and_save(model, images, out, device, group, args.quiet)
+    finally:
+        distributed.shutdown()
+
+
+def _train_and_save(model, images, out, device, group, quiet: bool) -> int:
+    """Train, then write the model; with several processes only rank 0 reports and writes."""
+    config, method = model.config, model.config.method
+    say = _say if group.is_main else (lambda *args: None)
     budget = [f"{config.max_steps} steps" if config.max_steps else None,
               f"at most {_duration(config.time_limit)}" if config.time_limit else None]
     sizes = ", ".join("x".join(map(str, i.data.shape)) for i in images)
-    _say(f"training {method} on {len(images)} image(s) ({axes}: {sizes}) for "
-         f"{' or '.join(b for b in budget if b)} on {device}")
+    where = f"{group.world_size} processes ({device.type}), batch {config.batch // group.world_size} each" \
+        if group.active else str(device)
+    say(f"training {method} on {len(images)} image(s) ({config.axes}: {sizes}) for "
+        f"{' or '.join(b for b in budget if b)} on {where}")
     started = time.perf_counter()
-    _train_with_progress(model, [image.data for image in images], args.quiet)
+    _train_with_progress(model, [image.data for image in images], quiet or not group.is_main)
+    if not group.is_main:
+        return 0
     model.save(out)
     state = model.state
-    _say(f"trained {method} for {state.step} steps in {_duration(time.perf_counter() - started)}, "
-         f"best validation loss {_loss(state.best_val_loss)}; model saved to {out}")
+    say(f"trained {method} for {state.step} steps in {_duration(time.perf_counter() - started)}, "
+        f"best validation loss {_loss(state.best_val_loss)}; model saved to {out}")
     return 0
 
 
@@ -418,13 +459,15 @@ def _check_patch_fits(layout, config, name: str) -> None:
         raise SelfDenoiseError(
             f"{name} is {shape['Y']}x{shape['X']} pixels (YX), smaller than the patch {config.patch}; {hint}")
     if "Z" in shape:
-        z = min(config.patch_z, shape["Z"])
-        if z % multiple:
-            fits = z // multiple * multiple
-            hint = f"use --patch-z {fits}" if fits else f"use --depth {max(0, int(math.log2(max(z, 1))))}"
+        from .core.networks import auto_z_levels
+
+        levels = auto_z_levels(shape["Z"], config.depth) if config.z_levels is None else config.z_levels
+        z_multiple = 2**levels
+        if shape["Z"] < z_multiple:
+            fits = max(0, shape["Z"].bit_length() - 1)
             raise SelfDenoiseError(
-                f"{name} has {shape['Z']} Z planes: the Z patch ({z}) must be a multiple of {multiple} "
-                f"(2**depth); {hint}")
+                f"{name} has {shape['Z']} Z planes, fewer than the {z_multiple} that {levels} Z poolings "
+                f"need; use --z-levels {fits} or fewer (or leave it out: automatic)")
 
 
 # ------------------------------------------------------------------------------ predict
@@ -663,6 +706,14 @@ def cmd_noise(args) -> int:
     return 0
 
 
+def _z_pooling(arch: dict) -> str:
+    if arch.get("dims") != 3:
+        return ""
+    levels = arch.get("z_levels", arch.get("depth"))  # older files pool Z at every level
+    return ", Z pooled at every level" if levels == arch.get("depth") else \
+        f", Z pooled at {levels} of {arch.get('depth')} levels (Y and X only below)"
+
+
 def cmd_info(args) -> int:
     from .core.denoiser import Denoiser
 
@@ -679,8 +730,11 @@ def cmd_info(args) -> int:
         ("trained", f"{state.step} steps in {_duration(state.elapsed)}"),
         ("best val loss", _loss(state.best_val_loss)),
         ("network", f"{arch.get('dims', '?')}D U-Net{' (N2V2)' if arch.get('n2v2') else ''}, depth "
-                    f"{arch.get('depth')}, {arch.get('features')} features, {arch.get('in_channels')} channel(s)"),
-        ("training", f"patch {config.patch}, batch {config.batch}, lr {config.lr:g}, seed {config.seed}"
+                    f"{arch.get('depth')}, {arch.get('features')} features, {arch.get('in_channels')} channel(s)"
+                    + _z_pooling(arch)),
+        ("training", f"patch {config.patch}, batch {config.batch}"
+                     + (f" in {config.accumulate} micro-batches" if config.accumulate > 1 else "")
+                     + f", lr {config.lr:g}, seed {config.seed}"
                      + (f", {', '.join(budget)}" if budget else "")),
     ]
     if config.method_options:

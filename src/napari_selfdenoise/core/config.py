@@ -20,7 +20,11 @@ class TrainConfig:
     # Patch edge in Y and X; ``patch_z`` is used by 3D (Z) models.
     patch: int = 64
     patch_z: int = 16
+    # The global batch: with several processes (torchrun) and ``accumulate`` it is cut into
+    # processes x accumulate equal shards, each from its own random stream (see core/distributed.py).
     batch: int = 16
+    # Gradient accumulation: shards per step in each process (less memory, the same step).
+    accumulate: int = 1
     # Budget: the first one reached ends training. With none given, ``steps`` defaults to 2000.
     steps: int | None = None
     epochs: int | None = None
@@ -33,6 +37,9 @@ class TrainConfig:
     # U-Net size.
     depth: int = 2
     features: int = 32
+    # 3D only: how many of the ``depth`` poolings also halve Z; None = automatic (all of them with 8 or
+    # more Z planes, none below: thin stacks, usually coarse in Z, pool only Y and X and train on all planes).
+    z_levels: int | None = None
     # Fraction of the data held out for validation (whole samples when there are many).
     val_fraction: float = 0.1
     # Emit a noise-level curve (on a fixed validation crop) every this many steps; 0 turns it off.
@@ -46,13 +53,17 @@ class TrainConfig:
     def __post_init__(self):
         self.axes = validate_axes(self.axes)
         self.percentiles = tuple(float(p) for p in self.percentiles)
-        for name in ("patch", "patch_z", "batch", "steps_per_epoch", "depth", "features"):
+        for name in ("patch", "patch_z", "batch", "accumulate", "steps_per_epoch", "depth", "features"):
             if int(getattr(self, name)) < 1:
                 raise SelfDenoiseError(f"{name} must be a positive integer")
         for name in ("steps", "epochs"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise SelfDenoiseError(f"{name} must be a positive integer")
+        if self.z_levels is not None and not 0 <= int(self.z_levels) <= int(self.depth):
+            raise SelfDenoiseError(f"z_levels must be between 0 and depth ({self.depth}), or None (automatic)")
+        if self.batch % self.accumulate:
+            raise SelfDenoiseError(f"batch {self.batch} must be a multiple of accumulate {self.accumulate}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise SelfDenoiseError("time_limit must be a positive number of seconds")
         if not 0 <= self.val_fraction < 1:

@@ -20,7 +20,7 @@ from .errors import ModelFileError, SelfDenoiseError
 from .methods import get_method
 from .modelfile import (flatten_optimizer_state, load_model, save_model,
                         unflatten_optimizer_state)
-from .networks import build_network
+from .networks import auto_z_levels, build_network
 from .normalize import Normalization
 from .prediction import TiledPredictor
 from .steps import drain
@@ -76,6 +76,10 @@ class Denoiser:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.architecture = self.method.architecture(channels, dims, cfg.depth, cfg.features)
+        if dims == 3:  # stored in the model file; files without it pool Z at every level
+            planes = min(s.shape[2] for s in sources)
+            self.architecture["z_levels"] = auto_z_levels(planes, cfg.depth) if cfg.z_levels is None \
+                else int(cfg.z_levels)
         self.network = build_network(self.architecture)
         mode = self.method.preferred_normalization if cfg.normalization == "auto" else cfg.normalization
         self.normalization = Normalization.fit(_first_sources(sources), mode, cfg.percentiles, cfg.seed)

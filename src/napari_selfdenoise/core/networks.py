@@ -23,26 +23,34 @@ class ConvBlock(nn.Sequential):
 
 
 class MaxBlurPool(nn.Module):
-    """N2V2's anti-aliased downsampling: max over 2x2 with stride 1, then a [1,2,1] blur with stride 2."""
+    """N2V2's anti-aliased downsampling: max over 2x2 with stride 1, then a [1,2,1] blur with stride 2.
 
-    def __init__(self, dims: int, channels: int):
+    ``pool_z=False`` (3D) leaves Z alone: max and blur act on Y and X only.
+    """
+
+    def __init__(self, dims: int, channels: int, pool_z: bool = True):
         super().__init__()
         self.dims, self.channels = dims, channels
-        taps = torch.tensor([1.0, 2.0, 1.0])
-        kernel = taps
-        for _ in range(dims - 1):
+        self.window = (2,) * dims if pool_z or dims == 2 else (1, 2, 2)
+        kernel = torch.ones(())
+        for size in self.window:
+            taps = torch.tensor([1.0, 2.0, 1.0]) if size == 2 else torch.ones(1)
             kernel = kernel[..., None] * taps
         kernel = kernel / kernel.sum()
         self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).contiguous(), persistent=False)
 
     def forward(self, x):
-        pad = (0, 1) * self.dims
+        # F.pad takes (last axis first) pairs; axes that are not pooled get no padding.
+        reversed_window = self.window[::-1]
+        pad_max = tuple(p for size in reversed_window for p in (0, size - 1))
+        pad_blur = tuple(p for size in reversed_window for p in (size - 1,) * 2)
         if self.dims == 2:
-            x = F.max_pool2d(F.pad(x, pad, mode="replicate"), 2, stride=1)
-            x = F.conv2d(F.pad(x, (1, 1) * 2, mode="reflect"), self.kernel, stride=2, groups=self.channels)
+            x = F.max_pool2d(F.pad(x, pad_max, mode="replicate"), 2, stride=1)
+            x = F.conv2d(F.pad(x, pad_blur, mode="reflect"), self.kernel, stride=2, groups=self.channels)
         else:
-            x = F.max_pool3d(F.pad(x, pad, mode="replicate"), 2, stride=1)
-            x = F.conv3d(F.pad(x, (1, 1) * 3, mode="replicate"), self.kernel, stride=2, groups=self.channels)
+            x = F.max_pool3d(F.pad(x, pad_max, mode="replicate"), self.window, stride=1)
+            x = F.conv3d(F.pad(x, pad_blur, mode="replicate"), self.kernel, stride=self.window,
+                         groups=self.channels)
         return x
 
 
@@ -51,21 +59,27 @@ class UNet(nn.Module):
 
     ``n2v2=True`` swaps max-pooling for MaxBlurPool and drops the top skip connection, the two changes
     that remove Noise2Void's checkerboard artefacts (Hoeck et al. 2022).
-    Spatial sizes must be multiples of ``2**depth`` (prediction pads to that).
+    3D: only the first ``z_levels`` poolings (default all) also halve Z; the others pool Y and X only,
+    for thin stacks whose Z is much coarser than Y and X. Spatial sizes must be multiples of
+    ``pool_multiples`` (prediction pads to that).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, dims: int = 2, depth: int = 2,
-                 features: int = 32, n2v2: bool = False):
+                 features: int = 32, n2v2: bool = False, z_levels: int | None = None):
         super().__init__()
         self.dims, self.depth, self.n2v2 = dims, depth, n2v2
+        self.z_levels = depth if z_levels is None or dims == 2 else int(z_levels)
+        if not 0 <= self.z_levels <= depth:
+            raise ValueError(f"z_levels must be in [0, depth={depth}], got {z_levels}")
         widths = [features * 2**level for level in range(depth + 1)]
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
         c = in_channels
         for level in range(depth):
             self.encoders.append(ConvBlock(dims, c, widths[level]))
-            self.downs.append(MaxBlurPool(dims, widths[level]) if n2v2 else
-                              (nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2)))
+            window = self._window(level)
+            self.downs.append(MaxBlurPool(dims, widths[level], pool_z=window[0] == 2) if n2v2 else
+                              (nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(window)))
             c = widths[level]
         self.bottleneck = ConvBlock(dims, c, widths[depth])
         self.decoders = nn.ModuleList()
@@ -73,6 +87,16 @@ class UNet(nn.Module):
             skip = 0 if (n2v2 and level == 0) else widths[level]
             self.decoders.append(ConvBlock(dims, widths[level + 1] + skip, widths[level]))
         self.head = _conv(dims)(widths[0], out_channels, 1)
+
+    def _window(self, level: int) -> tuple[int, ...]:
+        """The pooling window at ``level``: 2 per axis, but 1 in Z from level ``z_levels`` on."""
+        return (2,) * self.dims if self.dims == 2 or level < self.z_levels else (1, 2, 2)
+
+    @property
+    def pool_multiples(self) -> tuple[int, ...]:
+        """What each spatial size must be a multiple of: ([Z,] Y, X)."""
+        yx = 2**self.depth
+        return (yx, yx) if self.dims == 2 else (2**self.z_levels, yx, yx)
 
     def forward(self, x):
         skips = []
@@ -82,11 +106,22 @@ class UNet(nn.Module):
             x = down(x)
         x = self.bottleneck(x)
         for level, decode in zip(reversed(range(self.depth)), self.decoders):
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = F.interpolate(x, scale_factor=self._window(level), mode="nearest")
             if not (self.n2v2 and level == 0):
                 x = torch.cat([x, skips[level]], dim=1)
             x = decode(x)
         return self.head(x)
+
+
+# Below this many Z planes a 3D U-Net pools only Y and X: such stacks are usually coarse in Z.
+MIN_PLANES_FOR_Z_POOLING = 8
+
+
+def auto_z_levels(planes: int, depth: int) -> int:
+    """How many poolings also halve Z: none for thin stacks, else as many as the planes allow."""
+    if planes < MIN_PLANES_FOR_Z_POOLING:
+        return 0
+    return min(depth, planes.bit_length() - 1)
 
 
 def receptive_radius(depth: int) -> int:
@@ -99,7 +134,7 @@ def receptive_radius(depth: int) -> int:
 
 def build_unet(architecture: dict) -> UNet:
     """Build a U-Net from the ``architecture`` dict stored in model files (keys: UNet's arguments)."""
-    allowed = {"in_channels", "out_channels", "dims", "depth", "features", "n2v2"}
+    allowed = {"in_channels", "out_channels", "dims", "depth", "features", "n2v2", "z_levels"}
     return UNet(**{k: v for k, v in architecture.items() if k in allowed})
 
 
@@ -170,11 +205,16 @@ class NNet(nn.Module):
     """D-net (a U-Net predicting the signal) and N-net (the noise head on its output), trained jointly."""
 
     def __init__(self, in_channels: int = 1, dims: int = 2, depth: int = 2, features: int = 32,
-                 n2v2: bool = False, mixture: int = 1, noise_features: int = 32, structure: bool = False):
+                 n2v2: bool = False, mixture: int = 1, noise_features: int = 32, z_levels: int | None = None,
+                 structure: bool = False):
         super().__init__()
         self.dims = dims
-        self.denoiser = UNet(in_channels, in_channels, dims, depth, features, n2v2)
+        self.denoiser = UNet(in_channels, in_channels, dims, depth, features, n2v2, z_levels)
         self.noise = NoiseHead(in_channels, dims, mixture, noise_features, structure)
+
+    @property
+    def pool_multiples(self) -> tuple[int, ...]:
+        return self.denoiser.pool_multiples
 
     def forward(self, x):
         signal = self.denoiser(x)
@@ -185,7 +225,8 @@ def build_network(architecture: dict) -> nn.Module:
     """Rebuild a network from the ``architecture`` dict stored in model files."""
     kind = architecture.get("kind", "unet")
     if kind == "nnet":
-        allowed = {"in_channels", "dims", "depth", "features", "n2v2", "mixture", "noise_features", "structure"}
+        allowed = {"in_channels", "dims", "depth", "features", "n2v2", "mixture", "noise_features", "z_levels",
+                   "structure"}
         return NNet(**{k: v for k, v in architecture.items() if k in allowed})
     if kind != "unet":
         from .errors import ModelFileError

@@ -67,6 +67,8 @@ class TiledPredictor:
                  tta: bool = False, overlap: int | None = None):
         self.method, self.network, self.device = method, network, device
         self.multiple = 2**depth
+        # Per spatial axis: a 3D U-Net that pools Z fewer times than Y/X needs a smaller Z multiple.
+        self.multiples = tuple(getattr(network, "pool_multiples", ()))
         self.margin = _round_up(receptive_radius(depth), self.multiple)
         self.blend = self.multiple * 4
         self.overlap = overlap
@@ -74,21 +76,21 @@ class TiledPredictor:
         self.memory_format = torch.channels_last if device.type == "cpu" and network.dims == 2 \
             else torch.contiguous_format
 
-    def _tile_shape(self, padded: tuple[int, ...]) -> tuple[int, ...]:
+    def _tile_shape(self, padded: tuple[int, ...], multiples: tuple[int, ...]) -> tuple[int, ...]:
         tile = self.tile
         if tile is None:
             tile = DEFAULT_TILE_2D if len(padded) == 2 else DEFAULT_TILE_3D
         if np.isscalar(tile):
             tile = (min(int(tile), 64) if len(padded) == 3 else int(tile),) * (len(padded) - 2) + (int(tile),) * 2
         tile = tuple(tile)[-len(padded):]
-        return tuple(min(_round_up(t, self.multiple), p) for t, p in zip(tile, padded))
+        return tuple(min(_round_up(t, m), p) for t, p, m in zip(tile, padded, multiples))
 
-    def _axis_plan(self, size: int, tile: int):
+    def _axis_plan(self, size: int, tile: int, multiple: int):
         overlap = self.overlap if self.overlap is not None else 2 * self.margin + self.blend
-        overlap = min(overlap, tile // 2 // self.multiple * self.multiple)
+        overlap = min(overlap, tile // 2 // multiple * multiple)
         margin = max(0, min(self.margin, (overlap - self.blend) // 2))
         blend = max(1, overlap - 2 * margin)
-        starts = tile_starts(size, tile, overlap, self.multiple)
+        starts = tile_starts(size, tile, overlap, multiple)
         windows = [_ramp(tile, margin, blend, s > 0, s + tile < size) for s in starts]
         return starts, windows
 
@@ -101,9 +103,10 @@ class TiledPredictor:
         """The same as a generator: yields (tiles done, tiles in all) and returns the result, so a
         worker thread can report progress and be cancelled between batches of tiles."""
         n, c, *spatial = canonical.shape
-        padded = tuple(_round_up(s, self.multiple) for s in spatial)
-        tile = self._tile_shape(padded)
-        plans = [self._axis_plan(p, t) for p, t in zip(padded, tile)]
+        multiples = self.multiples if len(self.multiples) == len(spatial) else (self.multiple,) * len(spatial)
+        padded = tuple(_round_up(s, m) for s, m in zip(spatial, multiples))
+        tile = self._tile_shape(padded, multiples)
+        plans = [self._axis_plan(p, t, m) for p, t, m in zip(padded, tile, multiples)]
         origins = np.stack(np.meshgrid(*[p[0] for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
         window_index = np.stack(np.meshgrid(*[range(len(p[0])) for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
         total, done = n * len(origins), 0

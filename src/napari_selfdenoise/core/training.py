@@ -2,11 +2,17 @@
 
 Front ends (widget, CLI, tests) iterate over ``Trainer.run()``; each event says where training is.
 ``stop()`` ends it cleanly at the next step; the best-validation weights are kept either way.
+
+Under ``torchrun`` (an initialised process group, see ``distributed``) each process trains its shards
+of the global batch through DistributedDataParallel; rank 0 validates and broadcasts the loss, and the
+end of training (budget, time limit, stop) is agreed by all processes at every step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import math
 import time
 import warnings
@@ -16,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import distributed
 from .config import TrainConfig
-from .device import prefers_channels_last, resolve_device
+from .device import prefers_channels_last
 from .errors import SelfDenoiseError
 from .methods import Method
 from .noise import noise_curve
@@ -64,21 +71,34 @@ class Trainer:
         self.config, self.method, self.network = config, method, network
         self.normalization = normalization
         self.state = state or TrainingState()
-        self.device = resolve_device(config.device)
+        self.group = distributed.current()
+        self.device = distributed.training_device(config.device, self.group)
+        shards = self.group.world_size * config.accumulate
+        if config.batch % shards:
+            raise SelfDenoiseError(
+                f"the batch ({config.batch}, the global batch of all processes) must be a multiple of "
+                f"processes x accumulate = {self.group.world_size} x {config.accumulate} = {shards}")
+        self.shard_size = config.batch // shards
         self._stop_requested = False
         self.running = False  # True while run() holds the network on its training device
         dims = sources[0].ndim - 2
         self.patch_shape = (config.patch,) * 2
-        if dims == 3:  # Z patch: at most the thinnest stack, a multiple of 2**depth (the U-Net pools Z too)
-            planes, multiple = min(s.shape[2] for s in sources), 2**config.depth
+        if dims == 3:  # Z patch: at most the thinnest stack, a multiple of what the U-Net pools Z by
+            planes, multiple = min(s.shape[2] for s in sources), network.pool_multiples[0]
             patch_z = min(config.patch_z, planes) // multiple * multiple
             if patch_z < 1:
-                raise SelfDenoiseError(f"3D models need stacks of at least {multiple} Z planes (2**depth); this one "
-                                       f"has {planes}: use a smaller depth, or axes without Z for a 2D model")
+                raise SelfDenoiseError(f"this 3D model pools Z {multiple}-fold, so it needs stacks of at least "
+                                       f"{multiple} Z planes; this one has {planes}: train a model with fewer "
+                                       f"Z poolings (z_levels, --z-levels), or give axes without Z for a 2D model")
             self.patch_shape = (patch_z, *self.patch_shape)
         train, val, self.split_note = split_regions(sources, self.patch_shape, config.val_fraction)
         # Offset by the step so a resumed run draws new patches rather than replaying the first ones.
-        self.sampler = PatchSampler(sources, train, self.patch_shape, normalization, config.seed + self.state.step)
+        # One random stream per shard of the global batch (see ``distributed``): patches and masks.
+        first = self.group.rank * config.accumulate
+        self.shard_seeds = distributed.shard_seeds(config.seed + self.state.step,
+                                                   range(first, first + config.accumulate))
+        self.samplers = [PatchSampler(sources, train, self.patch_shape, normalization, numpy_seed)
+                         for numpy_seed, _ in self.shard_seeds]
         val_sampler = PatchSampler(sources, val, self.patch_shape, normalization, config.seed + 1)
         self.val_patches = val_sampler.fixed_set(validation_patch_count(val, self.patch_shape))
         self.curve_crop = self.val_patches[:8]
@@ -93,6 +113,18 @@ class Trainer:
             else torch.contiguous_format
         self.memory_format = memory_format
         self.network.to(self.device, memory_format=memory_format)
+        self.train_network = self.network  # what training_loss runs: the DDP wrapper with several processes
+        if self.group.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.device.type == "cuda":  # also when the caller set up the process group itself
+                torch.cuda.set_device(self.device)
+
+            # The only buffers (blur kernels) are constants: nothing to broadcast at every forward.
+            no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in \
+                inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
+            self.train_network = DistributedDataParallel(
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None, **no_sync)
         optimizer = torch.optim.Adam(self.method.parameter_groups(self.network, self.config.lr))
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=10)
         if self.state.optimizer:
@@ -113,18 +145,25 @@ class Trainer:
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device).contiguous(memory_format=self.memory_format)
 
-    def _loss(self, batch, gen):
+    def _loss(self, network, batch, gen):
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            return self.method.training_loss(self.network, batch, gen)
+            return self.method.training_loss(network, batch, gen)
 
     def validate(self) -> float:
+        """The validation loss (with several processes: computed by rank 0, the same on all)."""
+        if self.group.active:
+            return distributed.broadcast_from_main(self._validate() if self.group.is_main else 0.0)
+        return self._validate()
+
+    def _validate(self) -> float:
         self.network.eval()
         gen = torch.Generator().manual_seed(self.config.seed + 12345)  # same masks every time
         losses = []
-        with torch.no_grad():
-            for start in range(0, len(self.val_patches), self.config.batch):
-                chunk = self._to_device(self.val_patches[start : start + self.config.batch])
-                losses.append(float(self._loss(chunk, gen)) * len(chunk))
+        with torch.no_grad():  # in shards: the memory of one training shard, whatever the process count
+            for start in range(0, len(self.val_patches), self.shard_size):
+                chunk = self._to_device(self.val_patches[start : start + self.shard_size])
+                # The plain network, not the DDP wrapper: rank 0 validates alone.
+                losses.append(float(self._loss(self.network, chunk, gen)) * len(chunk))
         self.network.train()
         return sum(losses) / len(self.val_patches)
 
@@ -152,6 +191,7 @@ class Trainer:
             yield from self._steps(optimizer, scheduler)
         finally:
             self.running = False
+            self.train_network = self.network
             self.state.optimizer, self.state.scheduler = optimizer.state_dict(), scheduler.state_dict()
             self.network.load_state_dict(self.best_weights)
             self.network.to("cpu", memory_format=torch.contiguous_format)
@@ -159,7 +199,7 @@ class Trainer:
     def _steps(self, optimizer, scheduler):
         config, state = self.config, self.state
         torch.manual_seed(config.seed + state.step)
-        gen = torch.Generator().manual_seed(config.seed + state.step)
+        gens = [torch.Generator().manual_seed(torch_seed) for _, torch_seed in self.shard_seeds]
         max_steps = config.max_steps
         if max_steps is not None and state.step > 0:
             max_steps += state.step  # a resumed run trains for the budget again
@@ -169,20 +209,15 @@ class Trainer:
             # Only time spent in here counts: a paused consumer (GUI pause, evaluation) costs nothing.
             tick = time.perf_counter()
             self.network.train()
-            batch = self._to_device(self.sampler.batch(config.batch))
-            loss = self._loss(batch, gen)
-            optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            loss = self._train_step(optimizer, gens)
             state.step += 1
-            recent.append(loss.item())
             out_of_time = config.time_limit is not None and \
                 state.elapsed + time.perf_counter() - tick - start_elapsed >= config.time_limit
+            if self.group.active:  # one agreement per step: the mean loss, and whether any process must stop
+                total, late, stop = distributed.sum_over_processes([loss, out_of_time, self._stop_requested])
+                loss, out_of_time = total / self.group.world_size, late > 0
+                self._stop_requested = self._stop_requested or stop > 0
+            recent.append(loss)
             finished = (max_steps is not None and state.step >= max_steps) or out_of_time
             ending = finished or self._stop_requested
             val_loss = None
@@ -191,12 +226,14 @@ class Trainer:
                 scheduler.step(val_loss)
                 self._record(val_loss, float(np.mean(recent)), optimizer)
             event = self._event(state, max_steps, recent, val_loss, optimizer, ending)
-            if config.curve_every and (state.step % config.curve_every == 0 or ending):
+            if config.curve_every and self.group.is_main and (state.step % config.curve_every == 0 or ending):
                 event.extra["noise_curve"] = self.noise_curve()
             yield self._timed(event, tick, start_elapsed)
             if ending:
                 break
-            if self._stop_requested:  # stop() came between steps (e.g. from this event's consumer): end here
+            # stop() came between steps (e.g. from this event's consumer): end here. With several
+            # processes the next step's agreement ends all of them together instead.
+            if self._stop_requested and not self.group.active:
                 tick = time.perf_counter()
                 if val_loss is None:
                     val_loss = self.validate()
@@ -207,6 +244,27 @@ class Trainer:
                     event.extra["noise_curve"] = self.noise_curve()
                 yield self._timed(event, tick, start_elapsed)
                 break
+
+    def _train_step(self, optimizer, gens) -> float:
+        """One optimizer step over this process's shards (gradients summed over shards and processes);
+        returns the mean loss of the shards."""
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for k, (sampler, gen) in enumerate(zip(self.samplers, gens)):
+            last = k == len(gens) - 1
+            # DDP all-reduces during the last shard's backward only; earlier shards just accumulate.
+            sync = contextlib.nullcontext() if last or not self.group.active else self.train_network.no_sync()
+            with sync:
+                batch = self._to_device(sampler.batch(self.shard_size))
+                loss = self._loss(self.train_network, batch, gen) / len(gens)
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            total += loss.item()
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        return total
 
     def _record(self, val_loss, train_loss, optimizer):
         state = self.state
