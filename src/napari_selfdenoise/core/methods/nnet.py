@@ -57,7 +57,8 @@ class NoiseModelNet(Method):
         spacing = int(torch.randint(low, high + 1, (1,), generator=gen))
         mask = grid_mask((batch.shape[0], *batch.shape[2:]), spacing, gen, batch.device)
         signal, params = net(torch.where(mask[:, None], direct_neighbour_mean(batch), batch))
-        return mixture_nll(batch, signal, net.noise.widen_by_structure(params, signal), mask)
+        head = getattr(net, "module", net).noise  # net may be the DistributedDataParallel wrapper
+        return mixture_nll(batch, signal, head.widen_by_structure(params, signal), mask)
 
     def predict(self, net, x):
         signal, params = net(x)
