@@ -36,13 +36,14 @@ class MaxBlurPool(nn.Module):
         self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).contiguous(), persistent=False)
 
     def forward(self, x):
-        pad = (0, 1) * self.dims
+        # Written for TorchScript too (the bioimage.io export scripts the network): lists, no tuple maths.
         if self.dims == 2:
-            x = F.max_pool2d(F.pad(x, pad, mode="replicate"), 2, stride=1)
-            x = F.conv2d(F.pad(x, (1, 1) * 2, mode="reflect"), self.kernel, stride=2, groups=self.channels)
+            x = F.max_pool2d(F.pad(x, [0, 1, 0, 1], mode="replicate"), 2, stride=1)
+            x = F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), self.kernel, stride=2, groups=self.channels)
         else:
-            x = F.max_pool3d(F.pad(x, pad, mode="replicate"), 2, stride=1)
-            x = F.conv3d(F.pad(x, (1, 1) * 3, mode="replicate"), self.kernel, stride=2, groups=self.channels)
+            x = F.max_pool3d(F.pad(x, [0, 1, 0, 1, 0, 1], mode="replicate"), 2, stride=1)
+            x = F.conv3d(F.pad(x, [1, 1, 1, 1, 1, 1], mode="replicate"), self.kernel, stride=2,
+                         groups=self.channels)
         return x
 
 
@@ -75,14 +76,15 @@ class UNet(nn.Module):
         self.head = _conv(dims)(widths[0], out_channels, 1)
 
     def forward(self, x):
-        skips = []
+        skips: list[torch.Tensor] = []
         for encode, down in zip(self.encoders, self.downs):
             x = encode(x)
             skips.append(x)
             x = down(x)
         x = self.bottleneck(x)
-        for level, decode in zip(reversed(range(self.depth)), self.decoders):
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        for index, decode in enumerate(self.decoders):
+            level = self.depth - 1 - index
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             if not (self.n2v2 and level == 0):
                 x = torch.cat([x, skips[level]], dim=1)
             x = decode(x)
@@ -124,8 +126,8 @@ class NoiseHead(nn.Module):
         """Returns (weights, offsets, sigmas), each (B, C, K, ...): weights sum to 1, offsets are centred
         so the mixture's mean is the signal, sigmas are > 0."""
         raw = self.body(signal)
-        b, _, *spatial = raw.shape
-        raw = raw.reshape(b, self.channels, 3, self.mixture, *spatial)
+        shape = raw.shape
+        raw = raw.reshape([shape[0], self.channels, 3, self.mixture] + list(shape[2:]))
         weights = torch.softmax(raw[:, :, 0], dim=2)
         offsets = raw[:, :, 1] if self.mixture > 1 else torch.zeros_like(raw[:, :, 1])
         offsets = offsets - (weights * offsets).sum(dim=2, keepdim=True)
@@ -164,3 +166,47 @@ def build_network(architecture: dict) -> nn.Module:
 
         raise ModelFileError(f"unknown network kind {kind!r}; this model needs a newer napari-selfdenoise")
     return build_unet(architecture)
+
+
+class ExportDenoiser(nn.Module):
+    """A U-Net model as a bioimage.io package runs it: normalised image in, normalised denoised image out.
+
+    ``ExportDenoiser(**architecture)`` (the architecture dict of the model file) is what the package's
+    ``pytorch_state_dict`` weights name; its TorchScript version is the package's ``torchscript`` weights.
+    """
+
+    def __init__(self, **architecture):
+        super().__init__()
+        if architecture.get("kind", "unet") != "unet":
+            raise ValueError("ExportDenoiser wraps a U-Net; use ExportNNet for N-net models")
+        self.net = build_unet(architecture)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ExportNNet(nn.Module):
+    """An N-net model for bioimage.io: returns (denoised, noise std), both normalised (std: scale only)."""
+
+    def __init__(self, **architecture):
+        super().__init__()
+        allowed = {"in_channels", "dims", "depth", "features", "n2v2", "mixture", "noise_features"}
+        self.net = NNet(**{k: v for k, v in architecture.items() if k in allowed})
+
+    def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        signal, params = self.net(x)
+        weights, offsets, sigmas = params
+        return signal, mixture_std(weights, offsets, sigmas)
+
+
+EXPORT_NETWORKS = {"unet": ExportDenoiser, "nnet": ExportNNet}
+
+
+def build_export_network(architecture: dict) -> nn.Module:
+    """The bioimage.io wrapper of a network described by ``architecture`` (``ExportDenoiser`` or ``ExportNNet``)."""
+    kind = architecture.get("kind", "unet")
+    if kind not in EXPORT_NETWORKS:
+        from .errors import ModelFileError
+
+        raise ModelFileError(f"unknown network kind {kind!r}; this model needs a newer napari-selfdenoise")
+    return EXPORT_NETWORKS[kind](**architecture)
