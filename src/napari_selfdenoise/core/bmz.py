@@ -467,6 +467,8 @@ def _yaml(data) -> bytes:
 
 
 def _write_package(path: Path, files: dict[str, bytes]) -> None:
+    from .modelfile import publish
+
     tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
     tmp.close()
     try:
@@ -475,7 +477,7 @@ def _write_package(path: Path, files: dict[str, bytes]) -> None:
             for entry, data in files.items():
                 if entry != RDF:
                     archive.writestr(entry, data)
-        os.replace(tmp.name, path)
+        publish(tmp.name, path)
     except BaseException:
         Path(tmp.name).unlink(missing_ok=True)
         raise
@@ -613,6 +615,10 @@ def _parse_axes(tensor: dict, version: tuple, shape_key: str = "shape") -> list[
                 size = int(shape[index])
             elif isinstance(shape, dict) and "min" in shape:
                 size = (int(shape["min"][index]), int(shape["step"][index]))
+                if size[1] == 0:
+                    size = size[0]
+                elif letter == "c":
+                    size = None  # any number of channels
             elif isinstance(shape, dict) and "reference_tensor" in shape:
                 scale = float(shape.get("scale", [1] * len(axes))[index])
                 offset = float(shape.get("offset", [0] * len(axes))[index])

@@ -73,6 +73,40 @@ class Denoiser:
                 callback(event)
         return self
 
+    def prepare_fine_tuning(self, axes: str | None = None, **changes) -> None:
+        """Get a trained (or loaded) model ready to go on training on *new* data, with ``axes`` (same Z-ness
+        and channels as the model) and ``changes`` to the config (budget, patch, batch, lr, seed, device,
+        method options). The network, normalisation and optimizer state are kept; the best validation
+        loss is forgotten (it was measured on other data, and would keep the old weights as "best"), and
+        the kept training crop is taken again from the new data."""
+        if self.network is None:
+            raise SelfDenoiseError("there is no trained network to fine-tune")
+        for key in ("depth", "features", "method"):
+            if key in changes and changes[key] != getattr(self.config, key):
+                raise SelfDenoiseError(f"fine-tuning keeps the network: {key} cannot change "
+                                       f"(the model has {getattr(self.config, key)})")
+        data = self.config.to_dict()
+        options = {**data.get("method_options", {}), **(changes.pop("method_options", None) or {})}
+        data.update(changes, method_options=options)
+        if axes is not None:
+            data["axes"] = axes
+        config = TrainConfig.from_dict(data)
+        method = get_method(config.method, config.method_options)
+        if method.architecture(self.architecture["in_channels"], self.architecture["dims"], config.depth,
+                               config.features) != self.architecture:
+            raise SelfDenoiseError("these method options change the network; fine-tuning keeps it")
+        if "lr" in changes and self.state.optimizer and self.state.optimizer.get("param_groups"):
+            # the saved optimizer carries its (possibly reduced) rates: a given rate replaces them, keeping
+            # the ratios between parameter groups (N-net's faster noise head), and the plateau schedule restarts
+            groups = self.state.optimizer["param_groups"]
+            first = float(groups[0]["lr"]) or 1.0
+            for group in groups:
+                group["lr"] = float(config.lr) * float(group["lr"]) / first
+            self.state.scheduler = None
+        self.config, self.method = config, method
+        self.sample = None
+        self.state.best_val_loss = None
+
     def stop(self) -> None:
         """Ask a running ``train`` to end after its current step (safe from another thread)."""
         if self._trainer is not None:

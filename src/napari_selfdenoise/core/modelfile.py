@@ -82,11 +82,19 @@ def save_model(path, header: dict[str, Any], weights: dict[str, torch.Tensor],
     tmp.close()
     try:
         _write_zip(tmp.name, header, weights, training, sample)
-        os.replace(tmp.name, path)
+        publish(tmp.name, path)
     except BaseException:
         Path(tmp.name).unlink(missing_ok=True)
         raise
     return path
+
+
+def publish(tmp, path) -> None:
+    """Give a finished temporary file the usual permissions (it was created private) and move it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, zlib.error, NotImplementedError)
