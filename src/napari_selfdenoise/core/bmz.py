@@ -89,7 +89,7 @@ def default_metadata(denoiser) -> dict[str, Any]:
         "description": (f"Self-supervised {title} denoiser for {dims}D {denoiser.config.axes} microscopy "
                         f"images, trained on the user's own noisy data with napari-selfdenoise "
                         f"{__version__} (no clean images needed)."),
-        "authors": [os.environ.get("USER") or os.environ.get("USERNAME") or "napari-selfdenoise user"],
+        "authors": [_user_name()],
         "license": DEFAULT_LICENSE,
         "tags": default_tags(denoiser),
     }
@@ -516,6 +516,15 @@ class _Package:
 
         self.path = check_zip_file(path, "bioimage.io package")
         self._read_entry = read_entry
+        self.archive = None
+        try:
+            self._open(open_zip, read_entry, ZIP_ERRORS)
+        except BaseException:
+            if self.archive is not None:
+                self.archive.close()
+            raise
+
+    def _open(self, open_zip, read_entry, ZIP_ERRORS) -> None:
         try:
             self.archive = open_zip(self.path, self.path)
             self.names = set(self.archive.namelist())
@@ -811,9 +820,6 @@ class ForeignModel:
         if self.in_channels is not None and layout.channels != self.in_channels:
             raise SelfDenoiseError(f"this model expects {self.in_channels} channel(s), the image has "
                                    f"{layout.channels}")
-        for axis in self.in_axes:
-            if axis.letter in "ZYX" and isinstance(axis.size, tuple) and axis.size[1] == 0:
-                pass  # a fixed minimum: tiled and padded below
         if self.out_channels is not None and self.out_channels != 1 and "C" not in layout.axes:
             raise SelfDenoiseError(f"this model outputs {self.out_channels} channels; give the image a C axis")
 
@@ -897,11 +903,9 @@ class ForeignModel:
         halo = max([a.halo for a in self.out_axes if a.letter == axis.letter] + [0])
         padded = max(size, tile)
         overlap = min(2 * halo + 16, tile // 2) if padded > tile else 0
-        step = axis.size[1] if isinstance(axis.size, tuple) and axis.size[1] > 0 else 1
         starts = tile_starts(padded, tile, overlap, 1)
         margin = max(0, min(halo, (overlap - 1) // 2))
         windows = [_ramp(tile, margin, max(1, overlap - 2 * margin), s > 0, s + tile < padded) for s in starts]
-        del step
         return padded, starts, windows, tile
 
     def _boxes(self, plans):
@@ -1054,3 +1058,9 @@ def _apply_step(name, kwargs, x, axes, version):
     if name == "binarize":
         return (x > _along(kwargs.get("threshold", 0.5), kwargs, axes, x)).astype(np.float32)
     raise SelfDenoiseError(f"processing step {name!r} is not supported")
+
+
+def _user_name() -> str:
+    """The default author: the login name, unless it is a system account."""
+    name = os.environ.get("USER") or os.environ.get("USERNAME") or ""
+    return name if name and name not in ("root", "admin", "user") else "napari-selfdenoise user"

@@ -187,8 +187,10 @@ class Denoiser:
                 for k, name in enumerate(self.method.outputs)}
 
     # -------------------------------------------------------------- model files
-    def save(self, path, include_training_state: bool = True) -> Path:
-        return save_model(path, *self._file_parts(include_training_state))
+    def save(self, path, include_training_state: bool = True, include_sample: bool = True) -> Path:
+        """Write the model file; ``include_sample=False`` leaves out the kept crop of the training data."""
+        header, weights, training, sample = self._file_parts(include_training_state)
+        return save_model(path, header, weights, training, sample if include_sample else None)
 
     def to_bytes(self, include_training_state: bool = True) -> bytes:
         """The model file's bytes (what ``save`` writes)."""

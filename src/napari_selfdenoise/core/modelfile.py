@@ -100,7 +100,7 @@ def publish(tmp, path) -> None:
 ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, zlib.error, NotImplementedError)
 
 
-def check_zip_file(path, kind: str = "napari-selfdenoise model file") -> Path:
+def check_zip_file(path, kind: str = "napari-selfdenoise model file or bioimage.io package") -> Path:
     """A readable zip archive, or a ``ModelFileError`` saying why not (missing, truncated, not a zip)."""
     path = Path(path)
     if not path.is_file():
@@ -160,7 +160,7 @@ def load_model(path, data: bytes | None = None) -> ModelContents:
             names = set(archive.namelist())
             if HEADER not in names or WEIGHTS not in names:
                 raise ModelFileError(f"{path} is a zip file but not a napari-selfdenoise model "
-                                     f"(it lacks {HEADER} or {WEIGHTS})")
+                                     f"(it lacks {HEADER} or {WEIGHTS}) nor a bioimage.io package (no rdf.yaml)")
             header = _read_header(archive, path)
             weights = _read_tensors(archive, WEIGHTS, path)
             training = _read_tensors(archive, TRAINING, path) if TRAINING in names else {}
