@@ -482,21 +482,22 @@ def test_payload_is_live(tmp_path):
     assert marker.exists()
 
 
-def _evil_torchscript(package, marker) -> bytes:
-    """Our TorchScript weights with data.pkl swapped for a pickle that calls os.system."""
+def _evil_torchscript(package, marker, entry: str = "data.pkl") -> bytes:
+    """Our TorchScript weights with ``entry`` swapped for a pickle that calls os.system."""
     with zipfile.ZipFile(package) as archive:
         good = archive.read("weights_torchscript.pt")
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(good)) as old, zipfile.ZipFile(out, "w") as new:
         for name in old.namelist():
-            data = pickle.dumps(SystemPayload(marker), protocol=2) if name.endswith("/data.pkl") else old.read(name)
+            data = pickle.dumps(SystemPayload(marker), protocol=2) if name.endswith(f"/{entry}") else old.read(name)
             new.writestr(name, data)
     return out.getvalue()
 
 
-def test_torchscript_with_a_pickle_payload_is_refused(package2d, tmp_path):
+@pytest.mark.parametrize("entry", ["data.pkl", "constants.pkl"])
+def test_torchscript_with_a_pickle_payload_is_refused(package2d, tmp_path, entry):
     marker = tmp_path / "pwned"
-    evil = _evil_torchscript(package2d, marker)
+    evil = _evil_torchscript(package2d, marker, entry)
     path = foreign_copy(package2d, tmp_path / "evil-ts.zip", replace={"weights_torchscript.pt": evil},
                         edit=lambda rdf: rdf["weights"]["torchscript"].pop("sha256"))
     with pytest.raises(ModelFileError, match=r"system.*refusing"):
@@ -571,3 +572,17 @@ def test_zip_bomb_in_a_package_is_refused(package2d, tmp_path):
     assert path.stat().st_size < 2 * 1024 * 1024
     with pytest.raises(ModelFileError, match="(?i)large"):
         Denoiser.load(path)
+
+
+def test_the_source_never_unpickles():
+    """A guard on the code itself: no torch.load, pickle.load(s) or np.load with pickles anywhere."""
+    from pathlib import Path
+
+    import napari_selfdenoise
+
+    root = Path(napari_selfdenoise.__file__).parent
+    for path in root.rglob("*.py"):
+        code = "\n".join(line.split("#")[0] for line in path.read_text(encoding="utf-8").splitlines())
+        code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings may name them
+        for banned in ("torch.load(", "pickle.load", "allow_pickle=True", "__import__(", "importlib.import_module("):
+            assert banned not in code, f"{path.name} uses {banned}"
