@@ -4,6 +4,9 @@
     selfdenoise train noisy.tif --method n2v2 --steps 2000 --out cells.sdmodel
     selfdenoise predict cells.sdmodel noisy.tif --out denoised.ome.tif
     selfdenoise calibrate noisy.tif --out classic.ome.tif --report calibration.json
+    selfdenoise export cells.sdmodel --bmz cells.zip   # a bioimage.io (BioImage Model Zoo) package
+    selfdenoise predict cells.zip noisy.tif --out denoised.ome.tif   # packages load too
+    selfdenoise train more.tif --from cells.sdmodel --steps 500 --out tuned.sdmodel   # fine-tune
     selfdenoise info cells.sdmodel
 
 Exit codes: 0 success; 2 a bad request or bad input (one line ``selfdenoise: error: ...`` on stderr,

@@ -116,7 +116,10 @@ class ApplyWidget(QWidget):
         """Export the loaded model as a bioimage.io package (a dialog asks for the metadata and file)."""
         from .export_dialog import export_to_bioimageio
 
-        default = str(Path(self.model_path.text()).with_suffix(".zip")) if self.model_path.text() else ""
+        source = Path(self.model_path.text())
+        default = "" if not self.model_path.text() else str(
+            source.with_name(f"{source.stem}-bioimageio.zip") if source.suffix.lower() == ".zip"
+            else source.with_suffix(".zip"))
         return export_to_bioimageio(self, self.denoiser, default, path, metadata)
 
     def _layer_changed(self, *_) -> None:
