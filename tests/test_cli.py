@@ -6,6 +6,7 @@ Small synthetic data (96x96) and tiny budgets keep each test at a few seconds.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -441,3 +442,104 @@ def test_train_and_predict_thin_volume(tmp_path):
     proc = run("train", tmp_path / "thin.tif", "--axes", "ZYX", *FAST, "--depth", "3", "--z-levels", "3",
                "--out", tmp_path / "forced.sdmodel")
     assert_clean_failure(proc, tmp_path, before, "use --z-levels 2 or fewer")
+
+
+# ------------------------------------------------------------------------------ bioimage.io packages
+
+
+@pytest.fixture(scope="module")
+def package(shared):
+    """``selfdenoise export MODEL --bmz OUT.zip`` of the shared model (the exact contract)."""
+    out = shared / "model.zip"
+    proc = run("export", shared / "model.sdmodel", "--bmz", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.zip" in proc.stdout.strip().splitlines()[-1]
+    return out
+
+
+def test_export_writes_a_bioimageio_package(package):
+    import zipfile
+
+    import yaml
+
+    with zipfile.ZipFile(package) as archive:
+        names = set(archive.namelist())
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+    assert {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "test_input.npy", "test_output_denoised.npy",
+            "cover.png", "README.md", "selfdenoise.sdmodel"} <= names
+    assert rdf["type"] == "model" and rdf["format_version"].startswith("0.5")
+    assert set(rdf["weights"]) == {"pytorch_state_dict", "torchscript"}
+
+
+def test_export_with_metadata_and_validation(shared, tmp_path):
+    pytest.importorskip("bioimageio.core")
+    out = tmp_path / "named.zip"
+    proc = run("export", shared / "model.sdmodel", "--bmz", out, "--name", "Cells N2V2", "--author",
+               "Ada Lovelace <ada@example.org>", "--author", "Charles Babbage", "--license", "MIT",
+               "--tag", "cells", "--input", shared / "b.tif", "--validate")
+    assert proc.returncode == 0, proc.stderr
+    assert "bioimageio.core test passed" in proc.stdout
+    assert listing(tmp_path) == {"named.zip"}
+
+
+def test_predict_and_info_with_a_package(shared, package, tmp_path):
+    out = tmp_path / "den.ome.tif"
+    proc = run("predict", package, shared / "a.tif", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    reference = tmp_path / "ref.ome.tif"
+    assert run("predict", shared / "model.sdmodel", shared / "a.tif", "--out", reference).returncode == 0
+    assert np.array_equal(tifffile.imread(out), tifffile.imread(reference))
+    info = run("info", package)
+    assert info.returncode == 0 and re.search(r"method:\s+n2v2", info.stdout)
+
+
+def test_train_from_a_model_fine_tunes_it(shared, package, tmp_path):
+    out = tmp_path / "tuned.sdmodel"
+    proc = run("train", shared / "b.tif", "--from", package, "--steps", "4", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "4 more steps (24 in all)" in last, last
+    info = run("info", out)
+    assert re.search(r"trained:\s+24 steps", info.stdout) and re.search(r"patch 32, batch 4", info.stdout)
+
+
+def test_export_bad_requests(shared, bad):
+    folder, before = bad
+    model = shared / "model.sdmodel"
+    cases = [
+        (["export", model, "--bmz", "out.txt"], ".zip"),
+        (["export", model, "--bmz", "nowhere/out.zip"], "does not exist"),
+        (["export", "missing.sdmodel", "--bmz", "out.zip"], "not found"),
+        (["export", "notamodel.sdmodel", "--bmz", "out.zip"], "not a napari-selfdenoise model"),
+        (["export", model, "--bmz", "out.zip", "--name", "a/b"], "name"),
+        (["export", model, "--bmz", "out.zip", "--input", "nan.tif"], "nan"),
+        (["export", model], "--bmz"),
+    ]
+    for args, message in cases:
+        assert_clean_failure(run(*args, cwd=folder), folder, before, message)
+
+
+def test_export_into_a_read_only_folder(shared, bad):
+    folder, _ = bad
+    locked = folder / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        before = listing(folder)
+        proc = run("export", shared / "model.sdmodel", "--bmz", locked / "m.zip", cwd=folder)
+        if os.geteuid() != 0:  # root may write anyway
+            assert_clean_failure(proc, folder, before, "not writable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_train_from_bad_requests(shared, bad, package):
+    folder, before = bad
+    assert_clean_failure(run("train", "good.tif", "--from", package, "--method", "n2s", "--out", "m.sdmodel",
+                             cwd=folder), folder, before, "keeps its method")
+    assert_clean_failure(run("train", "good.tif", "--from", package, "--features", "64", "--out", "m.sdmodel",
+                             cwd=folder), folder, before, "keeps the network")
+    np.save(folder / "stack.npy", np.stack([noisy_image()[:64, :64]] * 16))
+    before = listing(folder)
+    assert_clean_failure(run("train", "stack.npy", "--axes", "ZYX", "--from", package, "--out", "m.sdmodel",
+                             cwd=folder), folder, before, "2D")

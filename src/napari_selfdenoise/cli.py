@@ -4,6 +4,9 @@
     selfdenoise train noisy.tif --method n2v2 --steps 2000 --out cells.sdmodel
     selfdenoise predict cells.sdmodel noisy.tif --out denoised.ome.tif
     selfdenoise calibrate noisy.tif --out classic.ome.tif --report calibration.json
+    selfdenoise export cells.sdmodel --bmz cells.zip   # a bioimage.io (BioImage Model Zoo) package
+    selfdenoise predict cells.zip noisy.tif --out denoised.ome.tif   # packages load too
+    selfdenoise train more.tif --from cells.sdmodel --steps 500 --out tuned.sdmodel   # fine-tune
     selfdenoise info cells.sdmodel
     torchrun --nproc_per_node 4 -m napari_selfdenoise.cli train noisy.tif --out cells.sdmodel  # 4 GPUs
 
@@ -90,31 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
                                         "only rank 0 validates, shows progress and writes the model.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images (.tif, .ome.tif, .npy)")
     p.add_argument("--out", "-o", required=True, metavar="MODEL", help="model file to write (.sdmodel)")
-    p.add_argument("--method", default="n2v2", metavar="METHOD", help="one of: {methods} (default n2v2)")
+    p.add_argument("--method", metavar="METHOD", help="one of: {methods} (default n2v2)")
     p.add_argument("--axes", help="axes of the inputs, e.g. YX, ZYX, TYX, CYX (default: from the file)")
     budget = p.add_argument_group("budget (the first one reached ends training; none given: 2000 steps)")
     budget.add_argument("--steps", type=int, help="training steps")
     budget.add_argument("--epochs", type=int, help="epochs (of --steps-per-epoch steps)")
     budget.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall-clock limit in seconds")
-    budget.add_argument("--steps-per-epoch", type=int, default=100, help="steps between validations (default 100)")
-    p.add_argument("--patch", type=int, default=64, help="patch size in Y and X (default 64)")
-    p.add_argument("--patch-z", type=int, default=16, help="patch size in Z, for 3D (default 16)")
-    p.add_argument("--batch", type=int, default=16,
-                   help="patches per step, in all (default 16); under torchrun each of N processes trains "
-                        "on batch/N of them (batch must be a multiple of N x --accumulate)")
-    p.add_argument("--accumulate", type=int, default=1, metavar="K",
+    budget.add_argument("--steps-per-epoch", type=int, help="steps between validations (default 100)")
+    p.add_argument("--from", dest="start_from", metavar="MODEL",
+                   help="fine-tune: start from this model (.sdmodel, or a bioimage.io .zip exported by "
+                        "napari-selfdenoise) and continue training it on INPUT; its method, network and "
+                        "normalisation are kept, the budget counts the new steps")
+    p.add_argument("--patch", type=int, help="patch size in Y and X (default 64; with --from: the model's)")
+    p.add_argument("--patch-z", type=int, help="patch size in Z, for 3D (default 16; with --from: the model's)")
+    p.add_argument("--batch", type=int,
+                   help="patches per step, in all (default 16; with --from: the model's); under torchrun each "
+                        "of N processes trains on batch/N of them (batch must be a multiple of N x --accumulate)")
+    p.add_argument("--accumulate", type=int, metavar="K",
                    help="gradient accumulation: each process splits its share of the batch into K "
                         "micro-batches, for less memory (default 1); N processes x K is what decides the "
                         "random draws, so --accumulate 2 in one process reproduces 2 processes")
-    p.add_argument("--lr", type=float, default=4e-4, help="learning rate (default 4e-4)")
-    p.add_argument("--depth", type=int, default=2, help="U-Net poolings (default 2)")
-    p.add_argument("--features", type=int, default=32, help="U-Net channels at the top level (default 32)")
+    p.add_argument("--lr", type=float, help="learning rate (default 4e-4; with --from: the model's)")
+    p.add_argument("--depth", type=int, help="U-Net poolings (default 2)")
+    p.add_argument("--features", type=int, help="U-Net channels at the top level (default 32)")
     p.add_argument("--z-levels", type=int, metavar="N",
                    help="3D: how many of the --depth poolings also halve Z (default: all of them for stacks "
                         "of 8 or more Z planes, none for thinner ones, which pool only Y and X and train on "
                         "all their planes)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--val-fraction", type=float, help="fraction held out for validation (default 0.1)")
+    p.add_argument("--seed", type=int, help="random seed (default 0; with --from: the model's)")
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option mask_fraction=0.01 (repeatable; values are JSON "
@@ -128,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="denoise images with a trained model",
                             description="Denoise images with a model; outputs are float32 OME-TIFF in the "
                                         "input's units.")
-    p.add_argument("model", metavar="MODEL", help="model file (.sdmodel)")
+    p.add_argument("model", metavar="MODEL",
+                   help="model file (.sdmodel) or bioimage.io package (.zip: ours, or a foreign one with "
+                        "TorchScript weights, one input and one output)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images to denoise")
     p.add_argument("--out", "-o", required=True, metavar="OUTPUT",
                    help="output file (one input) or folder (several inputs: <name>_denoised.ome.tif)")
@@ -181,9 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.set_defaults(func=cmd_noise)
 
-    p = commands.add_parser("info", parents=[common], formatter_class=_HelpFormatter,
-                            help="describe a model file", description="Describe a model file.")
+    p = commands.add_parser("export", parents=[common], formatter_class=_HelpFormatter,
+                            help="export a model as a bioimage.io (BioImage Model Zoo) package",
+                            description="Write MODEL as a bioimage.io model package (spec 0.5, a .zip with "
+                                        "PyTorch and TorchScript weights, test images, cover and README) "
+                                        "that bioimage.io tools (bioimageio.core, deepImageJ, ...) can run "
+                                        "and that 'selfdenoise predict' and napari load back.")
     p.add_argument("model", metavar="MODEL", help="model file (.sdmodel)")
+    p.add_argument("--bmz", required=True, metavar="OUT.zip", help="the package to write (.zip)")
+    p.add_argument("--input", metavar="IMAGE",
+                   help="image for the test tensors and cover (default: the crop of the training data "
+                        "kept in the model)")
+    p.add_argument("--axes", help="axes of --input (default: from the file, else the model's)")
+    p.add_argument("--name", help="model name (letters, digits, spaces, _ + - ( ); default from the method)")
+    p.add_argument("--description", help="one or two sentences (default: method, axes, how it was trained)")
+    p.add_argument("--author", action="append", metavar="AUTHOR",
+                   help="'Name', 'Name <email>' or 'Name (affiliation)'; repeatable (default: your user name)")
+    p.add_argument("--license", metavar="SPDX", help="licence of the weights, an SPDX id (default CC-BY-4.0)")
+    p.add_argument("--tag", action="append", metavar="TAG",
+                   help="a tag; repeatable (default: denoising, self-supervised, 2d/3d, the method, ...)")
+    p.add_argument("--validate", action="store_true",
+                   help="also test the package with bioimageio.core before writing it (needs the [bmz] "
+                        "extra; a few seconds)")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("info", parents=[common], formatter_class=_HelpFormatter,
+                            help="describe a model file", description="Describe a model file or bioimage.io package.")
+    p.add_argument("model", metavar="MODEL", help="model file (.sdmodel) or bioimage.io package (.zip)")
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -193,7 +226,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        return _fail("give a command: train, predict, calibrate, noise, demo or info (try 'selfdenoise demo')")
+        return _fail("give a command: train, predict, calibrate, noise, export, demo or info "
+                     "(try 'selfdenoise demo')")
     try:
         if args.func is not cmd_train and _under_torchrun():
             raise SelfDenoiseError("only 'selfdenoise train' runs under torchrun (several processes); "
@@ -363,6 +397,7 @@ def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
     last = None
     val = None
     start = model.state.elapsed  # a resumed model counts its earlier training time
+    first_step = model.state.step  # ... and its earlier steps: the budget counts the new ones
     with tqdm(total=total, desc=desc, unit="s" if by_time else "step", file=sys.stderr, disable=quiet,
               dynamic_ncols=True, bar_format=fmt, leave=True) as bar:
         for event in model.train(images):
@@ -375,7 +410,7 @@ def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
             if by_time:
                 postfix["step"] = event.step
             bar.set_postfix(postfix, refresh=False)
-            position = min(event.elapsed - start, total) if by_time else event.step
+            position = min(event.elapsed - start, total) if by_time else event.step - first_step
             bar.update(position - bar.n)  # redraws at most every 0.1 s
             if event.done:
                 bar.refresh()
@@ -385,48 +420,64 @@ def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
 # ------------------------------------------------------------------------------ train
 
 
+_TRAIN_DEFAULTS = {"patch": 64, "patch_z": 16, "batch": 16, "accumulate": 1, "lr": 4e-4, "depth": 2,
+                   "features": 32, "z_levels": None, "val_fraction": 0.1, "seed": 0, "steps_per_epoch": 100}
+# With --from these come from the model: they decide the network, so they cannot change.
+_FIXED_BY_MODEL = ("depth", "features", "z_levels")
+
+
 def cmd_train(args) -> int:
     from .core.axes import validate_axes
 
-    method = _check_method(args.method)
-    options = _parse_options(args.option)
-    if args.mixture is not None:
-        options["mixture"] = args.mixture
     out = _check_output_file(args.out, "model file")
     if args.axes:
         validate_axes(args.axes)
     from .core.config import TrainConfig
     from .core.denoiser import Denoiser
 
-    images = [_read(path, args.axes) for path in args.inputs]
+    given = {k: getattr(args, k) for k in _TRAIN_DEFAULTS if getattr(args, k) is not None}
+    start = None
+    if args.start_from:
+        start = _load_start_model(args, given)
+        method = start.config.method
+    else:
+        method = _check_method(args.method or "n2v2")
+    options = _parse_options(args.option)
+    if args.mixture is not None:
+        options["mixture"] = args.mixture
+
+    images = [_read(path, args.axes, start.config.axes if start else None) for path in args.inputs]
     axes = {image.axes for image in images}
     if len(axes) > 1:
         listed = ", ".join(f"{Path(i.path).name}: {i.axes}" for i in images)
         raise SelfDenoiseError(f"the inputs have different axes ({listed}); train on one kind, or pass --axes")
     axes = images[0].axes
-    config = TrainConfig(method=method, axes=axes, patch=args.patch, patch_z=args.patch_z, batch=args.batch,
-                         accumulate=args.accumulate,
-                         steps=args.steps, epochs=args.epochs, time_limit=args.time_limit,
-                         steps_per_epoch=args.steps_per_epoch, lr=args.lr, seed=args.seed, device=args.device,
-                         depth=args.depth, features=args.features, z_levels=args.z_levels,
-                         val_fraction=args.val_fraction,
-                         method_options=options)
+    budget_args = dict(steps=args.steps, epochs=args.epochs, time_limit=args.time_limit)
+    if start is None:
+        config = TrainConfig(method=method, axes=axes, device=args.device, method_options=options,
+                             **budget_args, **{**_TRAIN_DEFAULTS, **given})
+        model = Denoiser(config=config)  # checks the method options
+    else:
+        model = start
+        model.prepare_fine_tuning(axes, device=args.device, method_options=options, **budget_args, **given)
+        config = model.config
     device = _check_device(args.device)
-    model = Denoiser(config=config)  # checks the method options
     for image in images:
         layout = _check_input(image, Path(image.path).name)
+        if start is not None:
+            model._check_compatible(layout)
         _check_patch_fits(layout, config, Path(image.path).name)
 
     from .core import distributed
 
     group = distributed.init_from_env(args.device)  # torchrun: join the other processes
     try:
-        return _train_and_save(model, images, out, device, group, args.quiet)
+        return _train_and_save(model, images, out, device, group, args.quiet, args.start_from)
     finally:
         distributed.shutdown()
 
 
-def _train_and_save(model, images, out, device, group, quiet: bool) -> int:
+def _train_and_save(model, images, out, device, group, quiet: bool, start_from=None) -> int:
     """Train, then write the model; with several processes only rank 0 reports and writes."""
     config, method = model.config, model.config.method
     say = _say if group.is_main else (lambda *args: None)
@@ -435,17 +486,41 @@ def _train_and_save(model, images, out, device, group, quiet: bool) -> int:
     sizes = ", ".join("x".join(map(str, i.data.shape)) for i in images)
     where = f"{group.world_size} processes ({device.type}), batch {config.batch // group.world_size} each" \
         if group.active else str(device)
-    say(f"training {method} on {len(images)} image(s) ({config.axes}: {sizes}) for "
+    verb = f"fine-tuning {method} (from {Path(start_from).name}, {model.state.step} steps)" if start_from \
+        else f"training {method}"
+    say(f"{verb} on {len(images)} image(s) ({config.axes}: {sizes}) for "
         f"{' or '.join(b for b in budget if b)} on {where}")
     started = time.perf_counter()
+    first_step = model.state.step
     _train_with_progress(model, [image.data for image in images], quiet or not group.is_main)
     if not group.is_main:
         return 0
     model.save(out)
     state = model.state
-    say(f"trained {method} for {state.step} steps in {_duration(time.perf_counter() - started)}, "
+    done = f"{state.step - first_step} more steps ({state.step} in all)" if start_from else f"{state.step} steps"
+    say(f"trained {method} for {done} in {_duration(time.perf_counter() - started)}, "
         f"best validation loss {_loss(state.best_val_loss)}; model saved to {out}")
     return 0
+
+
+def _load_start_model(args, given):
+    """The model that ``train --from`` continues, with the options that cannot change checked."""
+    from .core.denoiser import Denoiser
+
+    model = Denoiser.load(args.start_from)
+    if not getattr(model, "trainable", False):
+        raise SelfDenoiseError(f"{args.start_from} is a foreign bioimage.io model (prediction only); only "
+                               "models trained with napari-selfdenoise can be fine-tuned")
+    if args.method and args.method != model.config.method:
+        raise SelfDenoiseError(f"{args.start_from} is a {model.config.method} model; fine-tuning keeps its "
+                               f"method (leave out --method {args.method})")
+    for key in _FIXED_BY_MODEL:
+        if key in given and given[key] != getattr(model.config, key):
+            raise SelfDenoiseError(f"--{key} {given[key]} differs from the model's {getattr(model.config, key)}; "
+                                   "fine-tuning keeps the network (leave it out)")
+    if args.mixture is not None and args.mixture != model.architecture.get("mixture", args.mixture):
+        raise SelfDenoiseError("--mixture differs from the model's; fine-tuning keeps the network")
+    return model
 
 
 def _check_patch_fits(layout, config, name: str) -> None:
@@ -714,10 +789,72 @@ def _z_pooling(arch: dict) -> str:
         f", Z pooled at {levels} of {arch.get('depth')} levels (Y and X only below)"
 
 
+def cmd_export(args) -> int:
+    from .core.bmz import _check_target, export_bmz
+    from .core.denoiser import Denoiser
+
+    target = Path(args.bmz)
+    _check_target(target)
+    if args.validate:
+        _bioimageio_core()  # before any work: the extra may be missing
+    model = Denoiser.load(args.model)
+    if not getattr(model, "trainable", False):
+        raise SelfDenoiseError(f"{args.model} is a foreign bioimage.io model; it is already a package")
+    image = None
+    if args.input:
+        read = _read(args.input, args.axes, model.config.axes)
+        _check_input(read, Path(args.input).name)
+        image = (read.data, read.axes)
+    if target.exists() and Path(args.model).resolve() == target.resolve():
+        raise SelfDenoiseError(f"--bmz {target} would overwrite the model itself; choose another name")
+    started = time.perf_counter()
+    # Written under a hidden name first (and tested there with --validate): a failure leaves no package.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.export.zip")
+    try:
+        export_bmz(model, tmp, name=args.name, description=args.description, authors=args.author,
+                   license=args.license, tags=args.tag, image=image[0] if image else None,
+                   axes=image[1] if image else None)
+        if args.validate:
+            _say("testing the package with bioimageio.core ...")
+            _validate_package(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    size = target.stat().st_size / 1024**2
+    _say(f"exported {model.config.method} ({model.config.axes}) to {target} ({size:.1f} MB, bioimage.io "
+         f"model spec 0.5) in {_duration(time.perf_counter() - started)}"
+         + ("; bioimageio.core test passed" if args.validate else ""))
+    return 0
+
+
+def _bioimageio_core():
+    try:
+        import bioimageio.core  # noqa: F401
+    except ImportError as err:
+        raise SelfDenoiseError("--validate needs bioimageio.core: pip install \"napari-selfdenoise[bmz]\"") from err
+    return bioimageio.core
+
+
+def _validate_package(path) -> None:
+    core = _bioimageio_core()
+    summary = core.test_model(str(path))
+    if summary.status != "passed":
+        failed = [d for d in summary.details if d.status == "failed"]
+        reasons = "; ".join(f"{d.name}: {'; '.join(e.msg for e in d.errors[:2])}" for d in failed[:3])
+        raise SelfDenoiseError(f"the package failed the bioimageio.core test ({reasons or summary.status}); "
+                               "nothing was written")
+
+
 def cmd_info(args) -> int:
     from .core.denoiser import Denoiser
 
     model = Denoiser.load(args.model)
+    if not getattr(model, "trainable", False):
+        rows = model.describe()
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
+            _say(f"{key + ':':<{width + 1}} {value}")
+        return 0
     config, arch, state = model.config, model.architecture, model.state
     version = getattr(model, "package_version", __version__)
     budget = [f"{k} {v}" for k, v in (("steps", config.steps), ("epochs", config.epochs),

@@ -18,7 +18,7 @@ from napari_selfdenoise.core import modelfile
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import ModelFileError, SelfDenoiseError
 from napari_selfdenoise.core.methods import method_names
-from napari_selfdenoise.core.modelfile import FORMAT_VERSION, HEADER, TRAINING, WEIGHTS, load_model
+from napari_selfdenoise.core.modelfile import FORMAT_VERSION, HEADER, SAMPLE, TRAINING, WEIGHTS, load_model
 from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 QUICK = dict(patch=32, batch=4, features=8, steps_per_epoch=3, seed=0, device="cpu")
@@ -155,7 +155,7 @@ def test_pickle_weights_in_model_zip_refused(saved, tmp_path, how):
         buffer = io.BytesIO()
         torch.save({"w": _Payload(marker)}, buffer)
         payload = buffer.getvalue()
-    for entry in (WEIGHTS, TRAINING):
+    for entry in (WEIGHTS, TRAINING, SAMPLE):
         path = _rezip(good, tmp_path / f"evil-{entry}.sdmodel", {entry: payload})
         refused(path, "safetensors", load=load_model)
         refused(path, "safetensors")
@@ -172,6 +172,23 @@ def test_pickle_file_as_model_refused(tmp_path, how):
         torch.save({"state_dict": {"w": torch.zeros(3)}, "evil": _Payload(marker)}, path)
     refused(path, "not a napari-selfdenoise model")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["../../escape.txt", "/tmp/escape.txt", "sub/../../escape.txt", "C:\\escape.txt"])
+def test_entry_names_that_escape_the_folder_refused(saved, tmp_path, name):
+    """No entry is ever extracted, but a file whose names could escape a folder is hostile: refused."""
+    _, good = saved
+    path = _rezip(good, tmp_path / "traversal.sdmodel", {name: b"x"})
+    refused(path, "outside the archive")
+    refused(path, "outside the archive", load=load_model)
+
+
+def test_sample_crop_is_kept_and_round_trips(saved, image):
+    model, path = saved
+    loaded = Denoiser.load(path)
+    assert loaded.sample is not None and loaded.sample.shape == (1, 1, 64, 64)
+    assert np.array_equal(loaded.sample, model.sample)
+    assert np.array_equal(loaded.sample[0, 0], image.astype(np.float32))  # the 64x64 image is the crop
 
 
 # --------------------------------------------------------------- damaged and foreign files

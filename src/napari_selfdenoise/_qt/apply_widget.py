@@ -30,7 +30,7 @@ class ApplyWidget(QWidget):
 
     def _build(self) -> None:
         self.model_path = QLineEdit()
-        self.model_path.setPlaceholderText("a .sdmodel file")
+        self.model_path.setPlaceholderText("a .sdmodel file or a bioimage.io package (.zip)")
         self.model_path.returnPressed.connect(lambda: self.load_model(self.model_path.text()))
         browse = QPushButton("Browse...")
         browse.clicked.connect(self._browse)
@@ -61,9 +61,13 @@ class ApplyWidget(QWidget):
         self.apply_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
+        self.export_button = QPushButton("Export to bioimage.io...")
+        self.export_button.setToolTip("Write the loaded model as a BioImage Model Zoo package")
+        self.export_button.clicked.connect(lambda: self.export_bioimageio())
         buttons = QHBoxLayout()
         buttons.addWidget(self.apply_button)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.export_button)
         self.progress = QProgressBar()
         self.status = QLabel()
         layout = QVBoxLayout(self)
@@ -75,12 +79,15 @@ class ApplyWidget(QWidget):
         self._set_running(False)
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open model", "", "Self-denoise model (*.sdmodel);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open model", "", "Models (*.sdmodel *.zip);;Self-denoise model (*.sdmodel);;"
+            "bioimage.io package (*.zip);;All files (*)")
         if path:
             self.load_model(path)
 
     def load_model(self, path) -> bool:
-        """Load a model file (safetensors weights and a JSON header: nothing in it is executed)."""
+        """Load a model file (safetensors weights and a JSON header: nothing in it is executed) or a
+        bioimage.io package (ours in full; a foreign one with TorchScript weights for prediction)."""
         from ..core.denoiser import Denoiser
 
         try:
@@ -93,11 +100,27 @@ class ApplyWidget(QWidget):
             return False
         self.model_path.setText(str(path))
         config, arch = self.denoiser.config, self.denoiser.architecture
-        self.model_info.setText(
-            f"{self.denoiser.method.title} · trained on axes {config.axes} · {arch['dims']}D, "
-            f"{arch['in_channels']} channel(s) · {self.denoiser.state.step} steps · {Path(path).name}")
+        if getattr(self.denoiser, "trainable", True):
+            self.model_info.setText(
+                f"{self.denoiser.method.title} · trained on axes {config.axes} · {arch['dims']}D, "
+                f"{arch['in_channels']} channel(s) · {self.denoiser.state.step} steps · {Path(path).name}")
+        else:
+            channels = self.denoiser.in_channels or "any number of"
+            self.model_info.setText(
+                f"{self.denoiser.name} · bioimage.io package (prediction only) · axes {config.axes} · "
+                f"{arch['dims']}D, {channels} channel(s) · {Path(path).name}")
         self._validate()
         return True
+
+    def export_bioimageio(self, path=None, metadata=None):
+        """Export the loaded model as a bioimage.io package (a dialog asks for the metadata and file)."""
+        from .export_dialog import export_to_bioimageio
+
+        source = Path(self.model_path.text())
+        default = "" if not self.model_path.text() else str(
+            source.with_name(f"{source.stem}-bioimageio.zip") if source.suffix.lower() == ".zip"
+            else source.with_suffix(".zip"))
+        return export_to_bioimageio(self, self.denoiser, default, path, metadata)
 
     def _layer_changed(self, *_) -> None:
         layer = self.image_picker.layer()
@@ -121,6 +144,8 @@ class ApplyWidget(QWidget):
             self.axes_message.setStyleSheet("")
             ok = True
         self.apply_button.setEnabled(ok and self.worker is None)
+        self.export_button.setEnabled(self.worker is None and self.denoiser is not None
+                                      and getattr(self.denoiser, "trainable", False))
         return ok
 
     def start(self) -> None:
@@ -153,6 +178,7 @@ class ApplyWidget(QWidget):
             self._validate()
         else:
             self.apply_button.setEnabled(False)
+            self.export_button.setEnabled(False)
 
     def _on_message(self, stage) -> None:
         if not self.closed:

@@ -76,7 +76,22 @@ class TrainWidget(QWidget):
         self.region_picker = LayerPicker(self.viewer, ("Shapes",), none_label="whole image")
         self.region_picker.setToolTip("Train only inside the rectangles of a Shapes layer (the result "
                                       "covers the whole image)")
+        self.start_from = None  # path of the model that training continues, or None: a new model
+        self.start_label = QLabel("a new model")
+        self.start_label.setWordWrap(True)
+        self.start_button = QPushButton("Start from model...")
+        self.start_button.setToolTip("Fine-tune: continue training a saved model (.sdmodel, or a bioimage.io "
+                                     ".zip exported by napari-selfdenoise) on this image; its method, network "
+                                     "and normalisation are kept")
+        self.start_button.clicked.connect(lambda: self.set_start_model())
+        self.start_clear = QPushButton("New model")
+        self.start_clear.setToolTip("Train a new model from scratch")
+        self.start_clear.clicked.connect(lambda: self.set_start_model(None))
+        start_row = QHBoxLayout()
+        start_row.addWidget(self.start_button)
+        start_row.addWidget(self.start_clear)
         for label, widget in (("image", self.image_picker), ("axes", self.axes_edit), ("", self.axes_message),
+                              ("start from", start_row), ("", self.start_label),
                               ("method", self.method_picker), ("", self.method_help), ("steps", self.steps),
                               ("time limit (min)", self.minutes), ("device", self.device_picker),
                               ("train on", self.region_picker)):
@@ -111,8 +126,14 @@ class TrainWidget(QWidget):
         self.pause_button.setCheckable(True)
         self.stop_button = QPushButton("Stop")
         self.save_button = QPushButton("Save model...")
+        self.export_button = QPushButton("Export to bioimage.io...")
+        self.export_button.setToolTip("Write the trained model as a BioImage Model Zoo package")
         for button in (self.train_button, self.pause_button, self.stop_button, self.save_button):
             buttons.addWidget(button)
+        export_row = QHBoxLayout()
+        export_row.addStretch()
+        export_row.addWidget(self.export_button)
+        self.export_button.clicked.connect(lambda: self.export_bioimageio())
         self.train_button.clicked.connect(self.start)
         self.pause_button.toggled.connect(self.set_paused)
         self.stop_button.clicked.connect(self.stop)
@@ -128,6 +149,7 @@ class TrainWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.advanced)
         layout.addLayout(buttons)
+        layout.addLayout(export_row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.loss_plot)
@@ -149,6 +171,8 @@ class TrainWidget(QWidget):
         layer = self.image_picker.layer()
         try:
             check_layer(layer, self.axes_edit.text().strip().upper())
+            if self.start_from is not None:
+                self.start_from[1].check_axes(layer.data.shape, self.axes_edit.text().strip().upper())
         except SelfDenoiseError as err:
             self.axes_message.setText(str(err))
             self.axes_message.setStyleSheet("color: #e5534b")
@@ -170,6 +194,47 @@ class TrainWidget(QWidget):
         trains = method != CLASSIC
         for widget in (self.steps, self.minutes, self.device_picker, self.region_picker, self.advanced):
             widget.setEnabled(trains)
+        for widget in (self.start_button, self.start_clear):
+            widget.setEnabled(trains)
+
+    def set_start_model(self, path=False) -> bool:
+        """Continue training the model at ``path`` (asked for when not given); ``None``: a new model.
+        The method, depth and features then come from the model and cannot be changed."""
+        if path is False:
+            path, _ = QFileDialog.getOpenFileName(self, "Start from model", "",
+                                                  "Models (*.sdmodel *.zip);;All files (*)")
+            if not path:
+                return False
+        if path is None:
+            self.start_from = None
+            self.start_label.setText("a new model")
+            for widget in (self.method_picker, self.depth, self.features):
+                widget.setEnabled(True)
+            self._validate_axes()
+            return True
+        from ..core.denoiser import Denoiser
+
+        try:
+            model = Denoiser.load(path)
+            if not getattr(model, "trainable", False):
+                raise SelfDenoiseError(f"{path} is a foreign bioimage.io model (prediction only); only models "
+                                       "trained with napari-selfdenoise can be fine-tuned")
+        except SelfDenoiseError as err:
+            notify_error(err)
+            return False
+        from pathlib import Path
+
+        self.start_from = (str(path), model)
+        config = model.config
+        self.method_picker.setCurrentIndex(list(METHOD_TITLES).index(config.method))
+        self.depth.setValue(config.depth)
+        self.features.setValue(config.features)
+        for widget in (self.method_picker, self.depth, self.features):
+            widget.setEnabled(False)
+        self.start_label.setText(f"{Path(path).name}: {model.method.title}, {model.state.step} steps on "
+                                 f"{config.axes}; training continues from it")
+        self._validate_axes()
+        return True
 
     def config(self, axes: str):
         """The widget's settings as the engine's one configuration object."""
@@ -217,7 +282,19 @@ class TrainWidget(QWidget):
             return on_array(layer.data, lambda image: classic_job(image, axes)), run
         from ..core.denoiser import Denoiser
 
-        self.denoiser = Denoiser(config=self.config(axes))
+        if self.start_from is not None:
+            # a fresh copy from the file for every run: pressing Train twice does not tune twice
+            self.denoiser = Denoiser.load(self.start_from[0])
+            wanted = self.config(axes).to_dict()
+            changes = {k: wanted[k] for k in ("steps", "time_limit", "patch", "batch", "seed", "val_fraction",
+                                              "device", "curve_every")}
+            if wanted["lr"] != self.denoiser.config.lr:
+                changes["lr"] = wanted["lr"]
+            self.denoiser.prepare_fine_tuning(axes, **changes)
+            self.denoiser.check_axes(layer.data.shape, axes)
+            run["method"] = self.denoiser.config.method
+        else:
+            self.denoiser = Denoiser(config=self.config(axes))
         shape = layer.data.shape
         regions = None
         shapes = self.region_picker.layer()
@@ -277,6 +354,17 @@ class TrainWidget(QWidget):
         show_info(f"Model saved to {written}")
         return written
 
+    def export_bioimageio(self, path=None, metadata=None):
+        """Export the trained model as a bioimage.io package (a dialog asks for the metadata and file)."""
+        from .export_dialog import export_to_bioimageio
+
+        if self.denoiser is None or not self.denoiser.trained:
+            notify_error(SelfDenoiseError("train a model first (the classic method has no model to export)"))
+            return None
+        source = self.run["source"].name if self.run else "model"
+        return export_to_bioimageio(self, self.denoiser, f"{source}-{self.denoiser.config.method}.zip", path,
+                                    metadata)
+
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
         if not running:
@@ -284,8 +372,10 @@ class TrainWidget(QWidget):
         self.pause_button.setEnabled(running and self.method != CLASSIC)
         self.stop_button.setEnabled(running)
         self.save_button.setEnabled(not running and self.denoiser is not None and self.denoiser.trained)
-        for widget in (self.image_picker, self.axes_edit, self.method_picker):
+        self.export_button.setEnabled(self.save_button.isEnabled())
+        for widget in (self.image_picker, self.axes_edit, self.start_button, self.start_clear):
             widget.setEnabled(not running)
+        self.method_picker.setEnabled(not running and self.start_from is None)
         if not running:
             self.pause_button.setChecked(False)
 

@@ -18,9 +18,9 @@ from .data import check_image, check_same_axes_shape
 from .device import resolve_device
 from .errors import ModelFileError, SelfDenoiseError
 from .methods import get_method
-from .modelfile import (flatten_optimizer_state, load_model, save_model,
+from .modelfile import (flatten_optimizer_state, load_model, model_bytes, save_model,
                         unflatten_optimizer_state)
-from .networks import auto_z_levels, build_network
+from .networks import ARCHITECTURE_DEFAULTS, auto_z_levels, build_network
 from .normalize import Normalization
 from .prediction import TiledPredictor
 from .steps import drain
@@ -42,6 +42,10 @@ class Denoiser:
         self.normalization: Normalization | None = None
         self.architecture: dict | None = None
         self.state = TrainingState()
+        # A small crop of the training data (raw units, canonical (1, C, [Z,] Y, X)), kept in the model file
+        # for the test tensors and cover image of a bioimage.io export.
+        self.sample: np.ndarray | None = None
+        self.package_version = __version__
         self._trainer: Trainer | None = None
 
     # ----------------------------------------------------------------- training
@@ -58,6 +62,8 @@ class Denoiser:
         if self.network is None:
             self._build(layouts[0].channels, 3 if layouts[0].is_3d else 2, sources)
         self._check_compatible(layouts[0])
+        if self.sample is None:
+            self.sample = sample_crop(sources[0], self.architecture["depth"])
         self._trainer = Trainer(self.config, self.method, self.network, sources, self.normalization, self.state)
         yield from self._trainer.run()
 
@@ -66,6 +72,42 @@ class Denoiser:
             if callback is not None:
                 callback(event)
         return self
+
+    def prepare_fine_tuning(self, axes: str | None = None, **changes) -> None:
+        """Get a trained (or loaded) model ready to go on training on *new* data, with ``axes`` (same Z-ness
+        and channels as the model) and ``changes`` to the config (budget, patch, batch, lr, seed, device,
+        method options). The network, normalisation and optimizer state are kept; the best validation
+        loss is forgotten (it was measured on other data, and would keep the old weights as "best"), and
+        the kept training crop is taken again from the new data."""
+        if self.network is None:
+            raise SelfDenoiseError("there is no trained network to fine-tune")
+        for key in ("depth", "features", "method"):
+            if key in changes and changes[key] != getattr(self.config, key):
+                raise SelfDenoiseError(f"fine-tuning keeps the network: {key} cannot change "
+                                       f"(the model has {getattr(self.config, key)})")
+        data = self.config.to_dict()
+        options = {**data.get("method_options", {}), **(changes.pop("method_options", None) or {})}
+        data.update(changes, method_options=options)
+        if axes is not None:
+            data["axes"] = axes
+        config = TrainConfig.from_dict(data)
+        method = get_method(config.method, config.method_options)
+        wanted = method.architecture(self.architecture["in_channels"], self.architecture["dims"], config.depth,
+                                     config.features)
+        # z_levels is chosen from the data when the model is built; keys newer than a file have defaults
+        if any(self.architecture.get(k, ARCHITECTURE_DEFAULTS.get(k)) != v for k, v in wanted.items()):
+            raise SelfDenoiseError("these method options change the network; fine-tuning keeps it")
+        if "lr" in changes and self.state.optimizer and self.state.optimizer.get("param_groups"):
+            # the saved optimizer carries its (possibly reduced) rates: a given rate replaces them, keeping
+            # the ratios between parameter groups (N-net's faster noise head), and the plateau schedule restarts
+            groups = self.state.optimizer["param_groups"]
+            first = float(groups[0]["lr"]) or 1.0
+            for group in groups:
+                group["lr"] = float(config.lr) * float(group["lr"]) / first
+            self.state.scheduler = None
+        self.config, self.method = config, method
+        self.sample = None
+        self.state.best_val_loss = None
 
     def stop(self) -> None:
         """Ask a running ``train`` to end after its current step (safe from another thread)."""
@@ -151,7 +193,16 @@ class Denoiser:
                 for k, name in enumerate(self.method.outputs)}
 
     # -------------------------------------------------------------- model files
-    def save(self, path, include_training_state: bool = True) -> Path:
+    def save(self, path, include_training_state: bool = True, include_sample: bool = True) -> Path:
+        """Write the model file; ``include_sample=False`` leaves out the kept crop of the training data."""
+        header, weights, training, sample = self._file_parts(include_training_state)
+        return save_model(path, header, weights, training, sample if include_sample else None)
+
+    def to_bytes(self, include_training_state: bool = True) -> bytes:
+        """The model file's bytes (what ``save`` writes)."""
+        return model_bytes(*self._file_parts(include_training_state))
+
+    def _file_parts(self, include_training_state: bool = True):
         if self.network is None:
             raise SelfDenoiseError("nothing to save: the model is not trained yet")
         header = {
@@ -171,11 +222,31 @@ class Denoiser:
             training, scalars = flatten_optimizer_state(self.state.optimizer)
             header["training"]["optimizer"] = scalars
         weights = {k: v for k, v in self.network.state_dict().items()}
-        return save_model(path, header, weights, training)
+        sample = {"sample": torch.from_numpy(self.sample)} if self.sample is not None else None
+        return header, weights, training, sample
+
+    def export_bmz(self, path, **metadata) -> Path:
+        """Write a bioimage.io model package (a zip; see ``core.bmz.export_bmz`` for the metadata)."""
+        from .bmz import export_bmz
+
+        return export_bmz(self, path, **metadata)
 
     @classmethod
-    def load(cls, path) -> "Denoiser":
-        contents = load_model(path)
+    def load(cls, path):
+        """Load a model file (.sdmodel) or a bioimage.io package (.zip).
+
+        A package exported by napari-selfdenoise gives the full ``Denoiser`` again (it can go on training);
+        a foreign single-input, single-output TorchScript package gives a prediction-only
+        ``core.bmz.ForeignModel`` with the same ``predict``/``predict_outputs``/``check_axes``.
+        """
+        from .bmz import is_bmz_package, load_bmz
+
+        if is_bmz_package(path):
+            return load_bmz(path)
+        return cls._from_contents(load_model(path), path)
+
+    @classmethod
+    def _from_contents(cls, contents, path) -> "Denoiser":
         header = contents.header
         try:
             model = cls(config=TrainConfig.from_dict(header["config"]))
@@ -196,7 +267,31 @@ class Denoiser:
             if contents.training and "optimizer" in training else None,
         )
         model.package_version = header.get("package_version", __version__)
+        sample = contents.sample.get("sample")
+        if sample is not None and sample.dim() == model.architecture["dims"] + 2:
+            model.sample = sample.float().numpy()
         return model
+
+    @property
+    def trainable(self) -> bool:
+        """Whether ``train`` can continue from this model (a foreign bioimage.io model cannot)."""
+        return True
+
+
+SAMPLE_EDGE = {2: (128, 128), 3: (16, 64, 64)}
+
+
+def sample_crop(canonical, depth: int) -> np.ndarray:
+    """A centred crop of the first sample, all channels, at most 128x128 (2D) or 16x64x64 (3D) pixels,
+    each edge a multiple of 2**depth (what the network takes), float32 in raw units."""
+    spatial = canonical.shape[2:]
+    multiple = 2**depth
+    edges = [max(multiple, min(limit, size) // multiple * multiple)
+             for limit, size in zip(SAMPLE_EDGE[len(spatial)], spatial)]
+    if any(edge > size for edge, size in zip(edges, spatial)):
+        return None  # smaller than the network's grid: no sample (an export then asks for an image)
+    box = tuple(slice((size - edge) // 2, (size - edge) // 2 + edge) for size, edge in zip(spatial, edges))
+    return np.ascontiguousarray(np.asarray(canonical[(slice(0, 1), slice(None), *box)]), dtype=np.float32)
 
 
 def _first_sources(sources):

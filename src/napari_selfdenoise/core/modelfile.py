@@ -4,18 +4,26 @@ Layout of ``model.sdmodel`` (a plain zip; open it with any unzip tool):
     selfdenoise.json      format, format_version, package version, config, normalisation, architecture, history
     weights.safetensors   the network's best-validation weights
     training.safetensors  optional: optimizer moments, to resume training (scalars live in the JSON)
+    sample.safetensors    optional: a small crop of the training data in raw units (canonical
+                          (1, C, [Z,] Y, X)), for the test tensors and cover of a bioimage.io export
+
+Every zip this package reads (model files, bioimage.io packages) goes through ``open_zip``: entry names
+that could escape a folder when unpacked (``../x``, absolute paths, drive letters, backslashes) and
+entries that inflate implausibly (zip bombs) are refused before anything is read.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -27,8 +35,11 @@ from .errors import ModelFileError, SelfDenoiseError
 FORMAT = "napari-selfdenoise-model"
 FORMAT_VERSION = 1
 HEADER, WEIGHTS, TRAINING = "selfdenoise.json", "weights.safetensors", "training.safetensors"
+SAMPLE = "sample.safetensors"
 # Refuse absurd entries (zip bombs): no model of ours is near this.
 _MAX_ENTRY_BYTES = 2 * 1024**3
+_MAX_TOTAL_BYTES = 8 * 1024**3
+_MAX_ENTRIES = 10_000
 _MAX_RATIO = 200
 
 
@@ -37,32 +48,60 @@ class ModelContents:
     header: dict[str, Any]
     weights: dict[str, torch.Tensor]
     training: dict[str, torch.Tensor] = field(default_factory=dict)
+    sample: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def model_bytes(header: dict[str, Any], weights: dict[str, torch.Tensor],
+                training: dict[str, torch.Tensor] | None = None,
+                sample: dict[str, torch.Tensor] | None = None) -> bytes:
+    """The model file's bytes (what ``save_model`` writes), e.g. to attach to a bioimage.io package."""
+    buffer = io.BytesIO()
+    _write_zip(buffer, header, weights, training, sample)
+    return buffer.getvalue()
+
+
+def _write_zip(target, header, weights, training, sample) -> None:
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **header}
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(HEADER, json.dumps(header, indent=2, default=_json_default))
+        archive.writestr(WEIGHTS, save_safetensors(_contiguous(weights)))
+        if training:
+            archive.writestr(TRAINING, save_safetensors(_contiguous(training)))
+        if sample:
+            archive.writestr(SAMPLE, save_safetensors(_contiguous(sample)))
 
 
 def save_model(path, header: dict[str, Any], weights: dict[str, torch.Tensor],
-               training: dict[str, torch.Tensor] | None = None) -> Path:
+               training: dict[str, torch.Tensor] | None = None,
+               sample: dict[str, torch.Tensor] | None = None) -> Path:
     """Write atomically: a temporary file in the same folder, renamed when complete."""
     path = Path(path)
     if not path.parent.exists():
         raise SelfDenoiseError(f"the folder {path.parent} does not exist; create it first")
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **header}
     tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
     tmp.close()
     try:
-        with zipfile.ZipFile(tmp.name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(HEADER, json.dumps(header, indent=2, default=_json_default))
-            archive.writestr(WEIGHTS, save_safetensors(_contiguous(weights)))
-            if training:
-                archive.writestr(TRAINING, save_safetensors(_contiguous(training)))
-        os.replace(tmp.name, path)
+        _write_zip(tmp.name, header, weights, training, sample)
+        publish(tmp.name, path)
     except BaseException:
         Path(tmp.name).unlink(missing_ok=True)
         raise
     return path
 
 
-def load_model(path) -> ModelContents:
-    """Read a model file; any problem becomes one ``ModelFileError`` that says what is wrong."""
+def publish(tmp, path) -> None:
+    """Give a finished temporary file the usual permissions (it was created private) and move it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, zlib.error, NotImplementedError)
+
+
+def check_zip_file(path, kind: str = "napari-selfdenoise model file or bioimage.io package") -> Path:
+    """A readable zip archive, or a ``ModelFileError`` saying why not (missing, truncated, not a zip)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -71,26 +110,80 @@ def load_model(path) -> ModelContents:
             if file.read(4) == b"PK\x03\x04":  # a zip's start without its end: cut short
                 raise ModelFileError(f"{path} is damaged or truncated (the zip archive is incomplete); "
                                      "save or copy it again")
-        raise ModelFileError(f"{path} is not a napari-selfdenoise model file (not a zip archive)")
+        raise ModelFileError(f"{path} is not a {kind} (not a zip archive)")
+    return path
+
+
+def open_zip(source: "str | os.PathLike | IO[bytes]", path) -> zipfile.ZipFile:
+    """Open a zip and refuse, before reading any entry, names that could escape a folder when the archive
+    is unpacked (``../x``, ``/etc/x``, ``C:x``, backslashes), too many entries or too many bytes in all.
+    ``path`` is the name used in messages."""
+    archive = zipfile.ZipFile(source)
     try:
-        with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        if len(infos) > _MAX_ENTRIES:
+            raise ModelFileError(f"{path}: the archive has {len(infos)} entries; refusing to read it")
+        total = 0
+        for info in infos:
+            if unsafe_name(info.filename):
+                raise ModelFileError(f"{path}: the archive holds an entry named {info.filename!r}, which "
+                                     "points outside the archive's folder; refusing to read it")
+            total += info.file_size
+        if total > _MAX_TOTAL_BYTES:
+            raise ModelFileError(f"{path}: the archive would unpack to {total / 1024**3:.0f} GiB; "
+                                 "refusing to read it")
+    except BaseException:
+        archive.close()
+        raise
+    return archive
+
+
+def unsafe_name(name: str) -> bool:
+    """Whether a zip entry name could be written outside the folder it is unpacked into."""
+    if not name or "\\" in name or "\x00" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return True
+    return any(part == ".." for part in name.split("/"))
+
+
+def load_model(path, data: bytes | None = None) -> ModelContents:
+    """Read a model file (or its ``data``, e.g. an attachment of a bioimage.io package; ``path`` then only
+    names it); any problem becomes one ``ModelFileError`` that says what is wrong."""
+    if data is None:
+        path = check_zip_file(path)
+        source = path
+    else:
+        source = io.BytesIO(data)
+        if not zipfile.is_zipfile(source):
+            raise ModelFileError(f"{path} is not a napari-selfdenoise model file (not a zip archive)")
+    try:
+        with open_zip(source, path) as archive:
             names = set(archive.namelist())
             if HEADER not in names or WEIGHTS not in names:
                 raise ModelFileError(f"{path} is a zip file but not a napari-selfdenoise model "
-                                     f"(it lacks {HEADER} or {WEIGHTS})")
+                                     f"(it lacks {HEADER} or {WEIGHTS}) nor a bioimage.io package (no rdf.yaml)")
             header = _read_header(archive, path)
             weights = _read_tensors(archive, WEIGHTS, path)
             training = _read_tensors(archive, TRAINING, path) if TRAINING in names else {}
-    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, zlib.error) as err:
+            sample = _read_tensors(archive, SAMPLE, path) if SAMPLE in names else {}
+    except ZIP_ERRORS as err:
         raise ModelFileError(f"{path} is damaged or truncated ({err}); save or copy it again") from err
-    return ModelContents(header, weights, training)
+    return ModelContents(header, weights, training, sample)
 
 
-def _read_entry(archive: zipfile.ZipFile, name: str, path) -> bytes:
+def read_entry(archive: zipfile.ZipFile, name: str, path, limit: int = _MAX_ENTRY_BYTES) -> bytes:
+    """One entry's bytes, refused when its declared size or compression ratio is implausible (a zip bomb).
+    The size read is capped too, so a lying header cannot make it inflate more."""
     info = archive.getinfo(name)
-    if info.file_size > _MAX_ENTRY_BYTES or info.file_size > _MAX_RATIO * max(info.compress_size, 1) + 1024**2:
+    if info.file_size > limit or info.file_size > _MAX_RATIO * max(info.compress_size, 1) + 1024**2:
         raise ModelFileError(f"{path}: entry {name} is implausibly large; refusing to unpack it")
-    return archive.read(name)
+    with archive.open(info) as entry:
+        data = entry.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise ModelFileError(f"{path}: entry {name} is larger than the archive says; refusing to unpack it")
+    return data
+
+
+_read_entry = read_entry
 
 
 def _read_header(archive, path) -> dict[str, Any]:

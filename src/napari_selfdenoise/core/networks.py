@@ -31,7 +31,10 @@ class MaxBlurPool(nn.Module):
     def __init__(self, dims: int, channels: int, pool_z: bool = True):
         super().__init__()
         self.dims, self.channels = dims, channels
-        self.window = (2,) * dims if pool_z or dims == 2 else (1, 2, 2)
+        self.window = [2] * dims if pool_z or dims == 2 else [1, 2, 2]
+        # F.pad takes (last axis first) pairs; axes that are not pooled get no padding.
+        self.pad_max = [p for size in self.window[::-1] for p in (0, size - 1)]
+        self.pad_blur = [p for size in self.window[::-1] for p in (size - 1, size - 1)]
         kernel = torch.ones(())
         for size in self.window:
             taps = torch.tensor([1.0, 2.0, 1.0]) if size == 2 else torch.ones(1)
@@ -40,16 +43,13 @@ class MaxBlurPool(nn.Module):
         self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).contiguous(), persistent=False)
 
     def forward(self, x):
-        # F.pad takes (last axis first) pairs; axes that are not pooled get no padding.
-        reversed_window = self.window[::-1]
-        pad_max = tuple(p for size in reversed_window for p in (0, size - 1))
-        pad_blur = tuple(p for size in reversed_window for p in (size - 1,) * 2)
+        # Lists computed in __init__: the bioimage.io export scripts the network (TorchScript: no tuple maths).
         if self.dims == 2:
-            x = F.max_pool2d(F.pad(x, pad_max, mode="replicate"), 2, stride=1)
-            x = F.conv2d(F.pad(x, pad_blur, mode="reflect"), self.kernel, stride=2, groups=self.channels)
+            x = F.max_pool2d(F.pad(x, [0, 1, 0, 1], mode="replicate"), 2, stride=1)
+            x = F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), self.kernel, stride=2, groups=self.channels)
         else:
-            x = F.max_pool3d(F.pad(x, pad_max, mode="replicate"), self.window, stride=1)
-            x = F.conv3d(F.pad(x, pad_blur, mode="replicate"), self.kernel, stride=self.window,
+            x = F.max_pool3d(F.pad(x, self.pad_max, mode="replicate"), self.window, stride=1)
+            x = F.conv3d(F.pad(x, self.pad_blur, mode="replicate"), self.kernel, stride=self.window,
                          groups=self.channels)
         return x
 
@@ -87,10 +87,14 @@ class UNet(nn.Module):
             skip = 0 if (n2v2 and level == 0) else widths[level]
             self.decoders.append(ConvBlock(dims, widths[level + 1] + skip, widths[level]))
         self.head = _conv(dims)(widths[0], out_channels, 1)
+        # per decoder (deepest first): the upsampling factors that undo that level's pooling
+        self.up_scales = [[float(f) for f in self._window(level)] for level in reversed(range(depth))]
 
     def _window(self, level: int) -> tuple[int, ...]:
         """The pooling window at ``level``: 2 per axis, but 1 in Z from level ``z_levels`` on."""
         return (2,) * self.dims if self.dims == 2 or level < self.z_levels else (1, 2, 2)
+
+    __jit_unused_properties__ = ["pool_multiples"]  # not for TorchScript (the bioimage.io export)
 
     @property
     def pool_multiples(self) -> tuple[int, ...]:
@@ -99,14 +103,15 @@ class UNet(nn.Module):
         return (yx, yx) if self.dims == 2 else (2**self.z_levels, yx, yx)
 
     def forward(self, x):
-        skips = []
+        skips: list[torch.Tensor] = []
         for encode, down in zip(self.encoders, self.downs):
             x = encode(x)
             skips.append(x)
             x = down(x)
         x = self.bottleneck(x)
-        for level, decode in zip(reversed(range(self.depth)), self.decoders):
-            x = F.interpolate(x, scale_factor=self._window(level), mode="nearest")
+        for index, decode in enumerate(self.decoders):
+            level = self.depth - 1 - index
+            x = F.interpolate(x, scale_factor=self.up_scales[index], mode="nearest")
             if not (self.n2v2 and level == 0):
                 x = torch.cat([x, skips[level]], dim=1)
             x = decode(x)
@@ -164,8 +169,8 @@ class NoiseHead(nn.Module):
         """Returns (weights, offsets, sigmas), each (B, C, K, ...): weights sum to 1, offsets are centred
         so the mixture's mean is the signal, sigmas are > 0."""
         raw = self.body(signal)
-        b, _, *spatial = raw.shape
-        raw = raw.reshape(b, self.channels, 3, self.mixture, *spatial)
+        shape = raw.shape
+        raw = raw.reshape([shape[0], self.channels, 3, self.mixture] + list(shape[2:]))
         weights = torch.softmax(raw[:, :, 0], dim=2)
         offsets = raw[:, :, 1] if self.mixture > 1 else torch.zeros_like(raw[:, :, 1])
         offsets = offsets - (weights * offsets).sum(dim=2, keepdim=True)
@@ -212,6 +217,8 @@ class NNet(nn.Module):
         self.denoiser = UNet(in_channels, in_channels, dims, depth, features, n2v2, z_levels)
         self.noise = NoiseHead(in_channels, dims, mixture, noise_features, structure)
 
+    __jit_unused_properties__ = ["pool_multiples"]
+
     @property
     def pool_multiples(self) -> tuple[int, ...]:
         return self.denoiser.pool_multiples
@@ -219,6 +226,10 @@ class NNet(nn.Module):
     def forward(self, x):
         signal = self.denoiser(x)
         return signal, self.noise(signal)
+
+
+# What an architecture key means when a model file from an older version lacks it.
+ARCHITECTURE_DEFAULTS = {"structure": False, "n2v2": False}
 
 
 def build_network(architecture: dict) -> nn.Module:
@@ -233,3 +244,47 @@ def build_network(architecture: dict) -> nn.Module:
 
         raise ModelFileError(f"unknown network kind {kind!r}; this model needs a newer napari-selfdenoise")
     return build_unet(architecture)
+
+
+class ExportDenoiser(nn.Module):
+    """A U-Net model as a bioimage.io package runs it: normalised image in, normalised denoised image out.
+
+    ``ExportDenoiser(**architecture)`` (the architecture dict of the model file) is what the package's
+    ``pytorch_state_dict`` weights name; its TorchScript version is the package's ``torchscript`` weights.
+    """
+
+    def __init__(self, **architecture):
+        super().__init__()
+        if architecture.get("kind", "unet") != "unet":
+            raise ValueError("ExportDenoiser wraps a U-Net; use ExportNNet for N-net models")
+        self.net = build_unet(architecture)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ExportNNet(nn.Module):
+    """An N-net model for bioimage.io: returns (denoised, noise std), both normalised (std: scale only)."""
+
+    def __init__(self, **architecture):
+        super().__init__()
+        allowed = {"in_channels", "dims", "depth", "features", "n2v2", "mixture", "noise_features"}
+        self.net = NNet(**{k: v for k, v in architecture.items() if k in allowed})
+
+    def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        signal, params = self.net(x)
+        weights, offsets, sigmas = params
+        return signal, mixture_std(weights, offsets, sigmas)
+
+
+EXPORT_NETWORKS = {"unet": ExportDenoiser, "nnet": ExportNNet}
+
+
+def build_export_network(architecture: dict) -> nn.Module:
+    """The bioimage.io wrapper of a network described by ``architecture`` (``ExportDenoiser`` or ``ExportNNet``)."""
+    kind = architecture.get("kind", "unet")
+    if kind not in EXPORT_NETWORKS:
+        from .errors import ModelFileError
+
+        raise ModelFileError(f"unknown network kind {kind!r}; this model needs a newer napari-selfdenoise")
+    return EXPORT_NETWORKS[kind](**architecture)
