@@ -5,7 +5,7 @@ of about 1, 2 and 4 GB, then runs the ``selfdenoise`` command in a child process
 own peak resident memory (``getrusage(RUSAGE_SELF).ru_maxrss`` at its exit, which includes memory-mapped
 file pages it holds):
 
-- train: a tiny 2D N2V2 network (8 features, depth 2) for a few steps, patches drawn lazily;
+- train: a tiny 2D N2V2 network (default 8 features, depth 2) for a few steps, patches drawn lazily;
 - predict: the whole stack, streamed block by block into an OME-Zarr (and, with ``--tiff``, an OME-TIFF)
   written to disk.
 
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 2, 4], help="stack sizes in GB")
     parser.add_argument("--steps", type=int, default=30, help="training steps")
     parser.add_argument("--tiff", action="store_true", help="also predict into an OME-TIFF")
+    parser.add_argument("--features", type=int, default=8, help="U-Net features (default 8)")
+    parser.add_argument("--depth", type=int, default=2, help="U-Net depth (default 2)")
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the stacks (deleted after)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="selfdenoise-b5-", dir=args.workdir))
@@ -106,7 +108,8 @@ def main() -> None:
             model = workdir / "tiny.sdmodel"
             run = {"size_gb": round(stack.stat().st_size / 1e9, 2), "shape": shape}
             run["train"] = measure(["train", str(stack), "--method", "n2v2", "--steps", str(args.steps),
-                                    "--patch", "64", "--batch", "8", "--features", "8", "--depth", "2",
+                                    "--patch", "64", "--batch", "8", "--features", str(args.features),
+                                    "--depth", str(args.depth),
                                     "--steps-per-epoch", str(args.steps), "--out", str(model), "-q"],
                                    workdir, args.threads)
             print(f"  train: {run['train']}", flush=True)
@@ -118,6 +121,7 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
             stack.unlink()
             results["runs"].append(run)
+            save(results, args.out, quiet=True)  # what is done so far
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     save(results, args.out)

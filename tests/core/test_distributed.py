@@ -7,17 +7,16 @@ from __future__ import annotations
 import os
 import signal
 
+import distributed  # the [testing] extra installs it
 import numpy as np
 import pytest
 
-distributed = pytest.importorskip("distributed")
-
-from napari_selfdenoise.cli import main as cli_main  # noqa: E402
-from napari_selfdenoise.core.denoiser import Denoiser  # noqa: E402
-from napari_selfdenoise.core.distributed import FileJob, predict_files  # noqa: E402
-from napari_selfdenoise.core.errors import SelfDenoiseError  # noqa: E402
-from napari_selfdenoise.core.io import read_image, write_image  # noqa: E402
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image  # noqa: E402
+from napari_selfdenoise.cli import main as cli_main
+from napari_selfdenoise.core.denoiser import Denoiser
+from napari_selfdenoise.core.distributed import FileJob, predict_files
+from napari_selfdenoise.core.errors import SelfDenoiseError
+from napari_selfdenoise.core.io import read_image, write_image
+from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 TILE = 48
 
