@@ -393,7 +393,7 @@ def cmd_train(args) -> int:
     from .core.config import TrainConfig
     from .core.denoiser import Denoiser
 
-    images = [_read(path, args.axes) for path in args.inputs]
+    images = [_read(path, args.axes, dask=True) for path in args.inputs]  # big files stay lazy
     axes = {image.axes for image in images}
     if len(axes) > 1:
         listed = ", ".join(f"{Path(i.path).name}: {i.axes}" for i in images)

@@ -15,6 +15,7 @@ Needs the ``[distributed]`` extra (dask[distributed] and zarr).
 from __future__ import annotations
 
 import errno
+import logging
 import functools
 import os
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ def connect(scheduler: str | None = None, workers: int | None = None):
             raise SelfDenoiseError(f"cannot reach the dask scheduler at {scheduler}: {err}") from None
     if workers is None or workers < 1:
         raise SelfDenoiseError("--workers must be a positive number of processes")
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)
     return Client(cluster)
 
 
