@@ -69,7 +69,12 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
     unknown = {n for job in jobs for n in job.targets} - set(model.method.outputs)
     if unknown:
         raise SelfDenoiseError(f"the model has no {', '.join(sorted(unknown))} output")
+    import torch
+
     settings = {"tile": tile, "tta": tta, "batch_size": batch_size, "device": device}
+    # CPU kernels round differently with other thread counts: workers use this process's count, so
+    # their blocks equal what a single process here computes, bit for bit (on the same kind of CPU).
+    threads = torch.get_num_threads()
     opened, futures = [], []
     try:
         for job in jobs:
@@ -80,7 +85,7 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
             opened.append(sinks)
             source = (str(Path(job.path).resolve()), layout.axes)
             for number, one in enumerate(block_grid(layout, block_shape)):
-                futures.append(client.submit(run_block, model_path, source, sinks, one, settings, pure=False,
+                futures.append(client.submit(run_block, model_path, source, sinks, one, settings, threads, pure=False,
                                              key=f"selfdenoise-{os.path.basename(job.path)}-{number}-{id(sinks)}"))
         for done, future in enumerate(as_completed(futures), start=1):
             future.result()  # raises the task's error here
@@ -91,6 +96,7 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
         return written
     except BaseException as err:
         client.cancel(futures)
+        _wait_until_idle(client, futures)  # a task still running could write into a removed output
         for sinks in opened:
             for sink in sinks.values():
                 sink.abort()
@@ -99,6 +105,21 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
 
             raise disk_full_error(err, [p for job in jobs for p in job.targets.values()]) from None
         raise
+
+
+def _wait_until_idle(client, futures, seconds: float = 30.0) -> None:
+    import time
+
+    keys = {f.key for f in futures}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            busy = keys & {k for tasks in client.processing().values() for k in tasks}
+        except Exception:  # the scheduler is gone: nothing more will run
+            return
+        if not busy:
+            return
+        time.sleep(0.2)
 
 
 def predict_files(model_path, jobs: list[FileJob], client, progress: Callable[[int, int], None] | None = None,
@@ -117,9 +138,14 @@ def _open_input(path, axes):
 # ----------------------------------------------------------------------------------- on a worker
 
 
-def run_block(model_path: str, source: tuple[str, str], sinks: dict, block, settings: dict) -> int:
+def run_block(model_path: str, source: tuple[str, str], sinks: dict, block, settings: dict, threads: int) -> int:
     """Predict one block and write it (runs on a worker; everything it needs comes from files)."""
+    import torch
+
     from .lazy import release_pages
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     from .streaming import predict_block, write_block
 
     denoiser, predictor = _model(model_path, os.stat(model_path).st_mtime_ns, **settings)
