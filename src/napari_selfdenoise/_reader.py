@@ -1,5 +1,5 @@
-"""napari reader: TIFF/OME-TIFF (and, with the [io] extra, CZI, ND2, LIF, OME-Zarr, DV) with axis
-labels, scale, units and the axes string (a thin adapter over core.io.read_image)."""
+"""napari reader: TIFF/OME-TIFF, zarr/OME-Zarr (zarr installed) and, with the [io] extra, CZI, ND2, LIF,
+DV, with axis labels, scale, units and the axes string (a thin adapter over core.io.read_image)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def get_reader(path):
-    from .core.io import OTHER_SUFFIXES, TIFF_SUFFIXES, other_formats_library
+    from .core.io import OTHER_SUFFIXES, TIFF_SUFFIXES, is_zarr_store, other_formats_library
 
     if isinstance(path, list):
         if len(path) != 1:
@@ -16,6 +16,8 @@ def get_reader(path):
     p = Path(path)
     name = p.name.lower()
     if name.endswith(TIFF_SUFFIXES) and not p.is_dir():
+        return read_layers
+    if is_zarr_store(p):  # read lazily with zarr itself (the [distributed] extra)
         return read_layers
     # only claim other formats when a library can read them, so napari can offer another reader
     if name.endswith(OTHER_SUFFIXES) and other_formats_library() is not None:

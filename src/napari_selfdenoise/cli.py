@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "TorchScript weights, one input and one output)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images to denoise")
     p.add_argument("--out", "-o", required=True, metavar="OUTPUT",
-                   help="output file (one input) or folder (several inputs: <name>_denoised.ome.tif)")
+                   help="output file (one input; .ome.tif, .npy or .ome.zarr) or folder (several inputs: "
+                        "<name>_denoised.ome.tif, or .ome.zarr with --workers/--dask-scheduler)")
     p.add_argument("--axes", help="axes of the inputs (default: from the file, else the model's)")
     p.add_argument("--tile", type=int, help="tile size in Y and X (default 512; smaller uses less memory)")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower, a bit better)")
@@ -148,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
     p.add_argument("--noise-std", metavar="STD_OUTPUT",
                    help="also write the predicted noise standard deviation (models with a noise_std output)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
+    big = p.add_argument_group(
+        "big data (an output ending in .ome.zarr, or an input over 256 MB, is streamed block by block "
+        "into the output file with bounded memory)")
+    big.add_argument("--workers", type=int, metavar="N",
+                     help="predict blocks on N local worker processes (dask.distributed; writes .ome.zarr)")
+    big.add_argument("--dask-scheduler", metavar="ADDRESS",
+                     help="predict blocks on a running dask.distributed cluster, e.g. tcp://node:8786 "
+                          "(inputs, outputs and the model on a shared file system; writes .ome.zarr)")
     p.set_defaults(func=cmd_predict)
 
     # ---- calibrate
@@ -314,9 +324,10 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def _check_output_file(path, what: str = "output", suffixes=None) -> Path:
-    """A file we will write at the end: its folder exists, it is not a folder, its type is known."""
+    """A file we will write at the end: its folder exists, it is not a folder (a zarr is one), its type
+    is known."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not _is_zarr(path):
         raise SelfDenoiseError(f"the {what} {path} is a folder; give a file name")
     if not path.parent.is_dir():
         raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} does not exist")
@@ -328,11 +339,17 @@ def _check_output_file(path, what: str = "output", suffixes=None) -> Path:
 
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
+_OUTPUT_SUFFIXES = _IMAGE_SUFFIXES + (".zarr",)  # predict also streams into OME-Zarr
 
 
-def _read(path, axes: str | None, fallback_axes: str | None = None, lazy: bool | None = None):
+def _read(path, axes: str | None, fallback_axes: str | None = None, lazy: bool | None = None,
+          dask: bool = False):
     """Read an image: ``axes`` if given, else the file's metadata, else ``fallback_axes``."""
+    from functools import partial
+
     from .core.io import read_image
+
+    read_image = partial(read_image, dask=dask)
 
     if axes:
         return read_image(path, axes=axes, lazy=lazy)
@@ -368,8 +385,8 @@ def _check_input(image, name: str):
 class _TileProgress:
     """``progress(done, total)`` callback that drives a tqdm bar created on the first call."""
 
-    def __init__(self, desc: str, quiet: bool):
-        self.desc, self.quiet, self.bar = desc, quiet, None
+    def __init__(self, desc: str, quiet: bool, unit: str = "tile"):
+        self.desc, self.quiet, self.bar, self.unit = desc, quiet, None, unit
 
     def __call__(self, done: int, total: int):
         if self.quiet:
@@ -377,7 +394,7 @@ class _TileProgress:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit="tile", file=sys.stderr, leave=False,
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, leave=False,
                             dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
 
@@ -446,7 +463,8 @@ def cmd_train(args) -> int:
     if args.mixture is not None:
         options["mixture"] = args.mixture
 
-    images = [_read(path, args.axes, start.config.axes if start else None) for path in args.inputs]
+    images = [_read(path, args.axes, start.config.axes if start else None, dask=True)  # big files stay lazy
+              for path in args.inputs]
     axes = {image.axes for image in images}
     if len(axes) > 1:
         listed = ", ".join(f"{Path(i.path).name}: {i.axes}" for i in images)
@@ -551,7 +569,6 @@ def _check_patch_fits(layout, config, name: str) -> None:
 def cmd_predict(args) -> int:
     from .core.axes import validate_axes
     from .core.denoiser import Denoiser
-    from .core.io import write_image
 
     if args.axes:
         validate_axes(args.axes)
@@ -559,6 +576,11 @@ def cmd_predict(args) -> int:
         raise SelfDenoiseError("--tile must be a positive number of pixels")
     if args.batch_size < 1:
         raise SelfDenoiseError("--batch-size must be a positive integer")
+    if args.workers is not None and args.dask_scheduler:
+        raise SelfDenoiseError("give --workers (a local cluster) or --dask-scheduler (a running one), not both")
+    if args.workers is not None and args.workers < 1:
+        raise SelfDenoiseError("--workers must be a positive number of processes")
+    distributed = args.workers is not None or bool(args.dask_scheduler)
     model = Denoiser.load(args.model)
     name = f"model {Path(args.model).name} (method {model.config.method})"
     if args.noise_std and "noise_std" not in model.method.outputs:
@@ -567,46 +589,121 @@ def cmd_predict(args) -> int:
 
     # Check every input before denoising any (files are read again below, one at a time).
     n = len(args.inputs)
+    streamed = []
     for path in args.inputs:
-        image = _read(path, args.axes, model.config.axes, lazy=True)
+        image = _read(path, args.axes, model.config.axes, lazy=True, dask=True)
         layout = _check_input(image, Path(path).name)
         model._check_compatible(layout)
+        streamed.append(_is_big(image.data))
         del image
-    targets = _targets(args.inputs, args.out, "_denoised")
-    std_targets = _targets(args.inputs, args.noise_std, "_noise_std") if args.noise_std else [None] * n
+    extension = ".ome.zarr" if distributed else ".ome.tif"
+    targets = _targets(args.inputs, args.out, "_denoised", args.overwrite, extension)
+    std_targets = _targets(args.inputs, args.noise_std, "_noise_std", args.overwrite, extension) \
+        if args.noise_std else [None] * n
     clash = set(map(str, targets)) & set(map(str, filter(None, std_targets)))
     if clash:
         raise SelfDenoiseError(f"--out and --noise-std name the same file {sorted(clash)[0]}")
+    streamed = [big or _is_zarr(t) or _is_zarr(s) for big, t, s in zip(streamed, targets, std_targets)]
+    if distributed and not all(_is_zarr(t) for t in targets + std_targets if t is not None):
+        raise SelfDenoiseError("--workers and --dask-scheduler write OME-Zarr: give outputs ending in .ome.zarr")
+    for target, stream in zip(targets + std_targets, streamed + streamed):
+        if target is not None and (stream or distributed) and target.name.lower().endswith(".npy"):
+            raise SelfDenoiseError(f"{target}: big inputs are streamed into .ome.zarr or .ome.tif, not .npy")
 
     started = time.perf_counter()
+    if distributed:
+        _predict_distributed(args, model, targets, std_targets)
     for index, (path, target, std_target) in enumerate(zip(args.inputs, targets, std_targets), start=1):
-        image = _read(path, args.axes, model.config.axes)
-        progress = _TileProgress(f"[{index}/{n}] {Path(path).name}" if n > 1 else Path(path).name, args.quiet)
-        try:
-            outputs = model.predict_outputs(image.data, image.axes, tile=args.tile, tta=args.tta,
-                                            batch_size=args.batch_size, device=args.device, progress=progress)
-        finally:
-            progress.close()
-        write_image(target, outputs["denoised"].astype("float32", copy=False), image.axes, image.scale,
-                    image.units)
-        written = str(target)
-        if std_target is not None:
-            write_image(std_target, outputs["noise_std"].astype("float32", copy=False), image.axes,
-                        image.scale, image.units)
-            written += f" and {std_target}"
-        _say(f"{path} -> {written}")
+        if distributed:
+            break
+        label = f"[{index}/{n}] {Path(path).name}" if n > 1 else Path(path).name
+        if streamed[index - 1]:
+            _predict_streamed(args, model, path, target, std_target, label)
+        else:
+            _predict_in_memory(args, model, path, target, std_target, label)
+        _say(f"{path} -> {target}" + (f" and {std_target}" if std_target is not None else ""))
     _say(f"denoised {n} image(s) with {model.config.method} in {_duration(time.perf_counter() - started)}")
     return 0
 
 
-def _targets(inputs, out, suffix: str) -> list[Path]:
-    """Output paths, checked up front: folder exists, no overwriting an input, no two inputs on one file."""
+def _is_zarr(path) -> bool:
+    return path is not None and str(path).lower().rstrip("/").endswith(".zarr")
+
+
+def _is_big(data) -> bool:
+    """Inputs that are streamed: those too big to be read whole without a thought."""
+    from .core.io import LAZY_THRESHOLD
+    from .core.lazy import nbytes
+
+    return nbytes(data) > LAZY_THRESHOLD
+
+
+def _prediction_options(args) -> dict:
+    return {"tile": args.tile, "tta": args.tta, "batch_size": args.batch_size, "device": args.device}
+
+
+def _predict_in_memory(args, model, path, target, std_target, label) -> None:
+    from .core.io import write_image
+
+    image = _read(path, args.axes, model.config.axes)
+    progress = _TileProgress(label, args.quiet)
+    try:
+        outputs = model.predict_outputs(image.data, image.axes, progress=progress, **_prediction_options(args))
+    finally:
+        progress.close()
+    for name, out in (("denoised", target), ("noise_std", std_target)):
+        if out is not None:
+            if out.exists() and not args.overwrite:  # appeared while predicting
+                raise SelfDenoiseError(f"{out} exists; pass --overwrite to replace it")
+            write_image(out, outputs[name].astype("float32", copy=False), image.axes, image.scale, image.units)
+
+
+def _predict_streamed(args, model, path, target, std_target, label) -> None:
+    image = _read(path, args.axes, model.config.axes, lazy=True, dask=True)
+    progress = _TileProgress(label, args.quiet, unit="block")
+    try:
+        model.predict_to(image.data, target, image.axes, noise_std=std_target, overwrite=args.overwrite,
+                         scale=image.scale, units=image.units, progress=progress, **_prediction_options(args))
+    finally:
+        progress.close()
+
+
+def _predict_distributed(args, model, targets, std_targets) -> None:
+    from .core.cluster import FileJob, connect, predict_files
+
+    jobs = []
+    for path, target, std_target in zip(args.inputs, targets, std_targets):
+        axes = args.axes or _read(path, None, model.config.axes, lazy=True, dask=True).axes
+        outputs = {"denoised": target, **({"noise_std": std_target} if std_target is not None else {})}
+        jobs.append(FileJob(str(path), axes, outputs))
+    client = connect(args.dask_scheduler, args.workers)
+    where = args.dask_scheduler or f"{args.workers} local worker(s)"
+    _say(f"predicting {len(jobs)} image(s) on dask.distributed ({where})")
+    progress = _TileProgress("blocks", args.quiet, unit="block")
+    try:
+        predict_files(args.model, jobs, client, progress=progress, overwrite=args.overwrite,
+                      **_prediction_options(args))
+    finally:
+        progress.close()
+        if args.workers is not None:  # our own local cluster
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+        else:
+            client.close()
+    for path, target, std_target in zip(args.inputs, targets, std_targets):
+        _say(f"{path} -> {target}" + (f" and {std_target}" if std_target is not None else ""))
+
+
+def _targets(inputs, out, suffix: str, overwrite: bool = False, extension: str = ".ome.tif") -> list[Path]:
+    """Output paths, checked up front: folder exists, no overwriting an input (or an existing output
+    without ``overwrite``), no two inputs on one file."""
     from .core.io import output_path_for
 
     out = Path(out)
     n = len(inputs)
-    if n == 1 and not out.is_dir():
-        targets = [_check_output_file(output_path_for(inputs[0], out, 1), suffixes=_IMAGE_SUFFIXES)]
+    if n == 1 and (not out.is_dir() or _is_zarr(out)):
+        targets = [_check_output_file(output_path_for(inputs[0], out, 1), suffixes=_OUTPUT_SUFFIXES)]
     else:
         if out.exists() and not out.is_dir():
             raise SelfDenoiseError(f"{out} is a file; with {n} inputs the output must be a folder")
@@ -614,9 +711,9 @@ def _targets(inputs, out, suffix: str) -> list[Path]:
             raise SelfDenoiseError(f"cannot create the output folder {out}: {out.parent} does not exist")
         targets = []
         for path in inputs:
-            target = output_path_for(path, out, n)  # creates the folder
+            target = output_path_for(path, out, n, extension)  # creates the folder
             if suffix != "_denoised":
-                target = target.with_name(target.name.replace("_denoised.ome.tif", f"{suffix}.ome.tif"))
+                target = target.with_name(target.name.replace(f"_denoised{extension}", f"{suffix}{extension}"))
             targets.append(target)
     seen = {}
     for path, target in zip(inputs, targets):
@@ -624,6 +721,8 @@ def _targets(inputs, out, suffix: str) -> list[Path]:
         if key in seen:
             raise SelfDenoiseError(f"{seen[key]} and {path} would both be written to {target}; rename one")
         seen[key] = path
+        if Path(target).exists() and not overwrite:
+            raise SelfDenoiseError(f"{target} exists; pass --overwrite to replace it")
     return targets
 
 

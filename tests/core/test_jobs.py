@@ -109,3 +109,18 @@ def test_predict_job_matches_predict_and_can_be_abandoned(noisy):
     assert first.done < first.total
     job.close()  # what a cancelled worker does: no error, nothing left running
     assert drain(model.predict_steps(noisy))["denoised"].shape == noisy.shape
+
+
+def test_predict_job_on_a_big_lazy_image_streams_into_scratch_zarr(noisy, monkeypatch):
+    import dask.array as da
+
+    from napari_selfdenoise.core import lazy
+
+    model = Denoiser("n2s", "YX", steps=2, **SMALL).fit(noisy)
+    stack = da.from_array(np.stack([noisy] * 3), chunks=(1, 64, 64))
+    monkeypatch.setattr(jobs, "FITS_IN_MEMORY", 1000)  # bytes: "too big to hold"
+    messages, result = run(jobs.predict_job(model, stack, "TYX", tile=32))
+    assert isinstance(result.outputs["denoised"], da.Array)  # a lazy napari layer, backed by the zarr
+    assert messages[-1].done == messages[-1].total
+    np.testing.assert_array_equal(np.asarray(result.outputs["denoised"]), model.predict(np.asarray(stack), "TYX", tile=32))
+    assert lazy.is_lazy(stack)

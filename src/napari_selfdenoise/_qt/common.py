@@ -65,10 +65,13 @@ def start_job(job, on_message, on_result, on_error, on_finished):
 
 
 def on_array(data, make_job):
-    """Read a layer's data (dask, zarr, memmap) into memory inside the worker, then run the job on it."""
+    """Run the job on a layer's data, inside the worker: read into memory when it fits easily, else
+    kept lazy (dask, zarr, memory-map): training then reads patches and prediction streams blocks."""
     import numpy as np
 
-    return (yield from make_job(np.asarray(data)))
+    from ..core.lazy import FITS_IN_MEMORY, as_array, nbytes
+
+    return (yield from make_job(as_array(data) if nbytes(data) > FITS_IN_MEMORY else np.asarray(data)))
 
 
 def notify_error(err: Exception) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import SelfDenoiseError
+from .lazy import is_lazy
 
 VALID_AXES = "STCZYX"
 SAMPLE_AXES = "ST"
@@ -81,8 +82,19 @@ class Layout:
         return (self.n_samples, self.channels, *self.spatial_shape)
 
     def to_canonical(self, array):
-        """View (or copy, when needed) ``array`` as (N, C, [Z,] Y, X); works for numpy and dask."""
-        return array.transpose(self.order).reshape(self.canonical_shape)
+        """View (or copy, when needed) ``array`` as (N, C, [Z,] Y, X); works for numpy and dask.
+
+        A memory-map is never copied: when the view is impossible (sample axes that are not
+        neighbours in memory), it is wrapped as a dask array instead."""
+        transposed = array.transpose(self.order)
+        if isinstance(transposed, np.ndarray) and is_lazy(array):
+            try:
+                return transposed.reshape(self.canonical_shape, copy=False)
+            except ValueError:
+                import dask.array as da
+
+                transposed = da.from_array(transposed, chunks=(1,) * len(self.order[:-2]) + transposed.shape[-2:])
+        return transposed.reshape(self.canonical_shape)
 
     def from_canonical(self, array, channels: int | None = None):
         """Inverse of :meth:`to_canonical`; ``channels`` lets outputs carry another channel count."""

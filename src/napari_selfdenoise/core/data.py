@@ -6,6 +6,7 @@ import numpy as np
 
 from .axes import Layout, make_layout
 from .errors import SelfDenoiseError
+from .lazy import slabs
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32", "float64")
 MIN_SIZE = 8
@@ -41,11 +42,7 @@ def check_shape(shape, dtype, axes: str, name: str = "image") -> Layout:
 
 
 def _all_finite(array) -> bool:
-    flat = array.reshape(-1) if isinstance(array, np.ndarray) else np.asarray(array).reshape(-1)
-    for start in range(0, flat.size, _CHECK_CHUNK):
-        if not np.isfinite(flat[start : start + _CHECK_CHUNK]).all():
-            return False
-    return True
+    return all(np.isfinite(piece).all() for piece in slabs(array, _CHECK_CHUNK))
 
 
 def check_same_axes_shape(arrays, axes: str) -> list[Layout]:

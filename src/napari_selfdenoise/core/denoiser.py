@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .data import check_image, check_same_axes_shape
 from .device import resolve_device
 from .errors import ModelFileError, SelfDenoiseError
+from .lazy import FITS_IN_MEMORY, as_array, nbytes
 from .methods import get_method
 from .modelfile import (flatten_optimizer_state, load_model, model_bytes, save_model,
                         unflatten_optimizer_state)
@@ -54,7 +55,7 @@ class Denoiser:
 
         Calling it again continues training (fine-tuning) with the optimizer state kept.
         """
-        arrays = list(images) if isinstance(images, (list, tuple)) else [images]
+        arrays = [as_array(a) for a in (images if isinstance(images, (list, tuple)) else [images])]
         if not arrays:
             raise SelfDenoiseError("no images to train on")
         layouts = check_same_axes_shape(arrays, self.config.axes)
@@ -177,12 +178,11 @@ class Denoiser:
         """
         if self.network is None:
             raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
+        image = as_array(image)
         layout = check_image(image, axes or self.config.axes)
         self._check_compatible(layout)
         training = self._trainer is not None and self._trainer.running
-        target = self._trainer.device if training else resolve_device(device or self.config.device)
-        predictor = TiledPredictor(self.method, self.network.to(target), self.architecture["depth"], target,
-                                   tile=tile, batch_size=batch_size, tta=tta)
+        predictor = self.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device)
         try:
             stacked = yield from predictor.steps(layout.to_canonical(image), self.normalization)
         finally:
@@ -191,6 +191,29 @@ class Denoiser:
         c = layout.channels
         return {name: np.ascontiguousarray(layout.from_canonical(stacked[:, k * c : (k + 1) * c]))
                 for k, name in enumerate(self.method.outputs)}
+
+    def predictor(self, *, tile=None, tta: bool = False, batch_size: int = 4, device: str | None = None
+                  ) -> TiledPredictor:
+        """The tiled predictor, with the network moved to its device (the training device while
+        training; callers other than ``predict_steps`` move it back with ``self.network.to('cpu')``)."""
+        if self.network is None:
+            raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
+        training = self._trainer is not None and self._trainer.running
+        target = self._trainer.device if training else resolve_device(device or self.config.device)
+        return TiledPredictor(self.method, self.network.to(target), self.architecture["depth"], target,
+                              tile=tile, batch_size=batch_size, tta=tta)
+
+    def predict_to(self, image, out, axes: str | None = None, *, noise_std=None, overwrite: bool = False,
+                   scale=None, units=None, progress: Callable[[int, int], None] | None = None, **options):
+        """Predict ``image`` (numpy, memory-map, dask, zarr) block by block straight into ``out`` on disk
+        (``.ome.zarr``/``.zarr`` or ``.ome.tif``), with memory bounded whatever its size; ``noise_std``
+        names a second file for models with that output. Returns the paths written.
+        Options: ``tile``, ``tta``, ``batch_size``, ``device``, ``block`` (see ``streaming``)."""
+        from .streaming import predict_to_disk
+
+        targets = {"denoised": out, **({"noise_std": noise_std} if noise_std is not None else {})}
+        return drain(predict_to_disk(self, image, axes or self.config.axes, targets, overwrite=overwrite,
+                                     scale=scale, units=units, **options), progress)
 
     # -------------------------------------------------------------- model files
     def save(self, path, include_training_state: bool = True, include_sample: bool = True) -> Path:
@@ -295,9 +318,10 @@ def sample_crop(canonical, depth: int) -> np.ndarray:
 
 
 def _first_sources(sources):
-    """Normalisation statistics from all inputs (concatenated along samples when shapes allow)."""
+    """Normalisation statistics from all inputs (concatenated along samples when shapes allow and they
+    fit easily in memory; else the first input's own subsample)."""
     if len(sources) == 1:
         return sources[0]
-    if len({s.shape[1:] for s in sources}) == 1:
+    if len({s.shape[1:] for s in sources}) == 1 and sum(nbytes(s) for s in sources[:32]) <= FITS_IN_MEMORY:
         return np.concatenate([np.asarray(s) for s in sources[:32]])
     return sources[0]

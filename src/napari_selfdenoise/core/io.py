@@ -10,6 +10,7 @@ import importlib.util
 import os
 import sys
 import uuid
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .axes import default_axes, validate_axes
 from .errors import SelfDenoiseError
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif / .ome.tiff
-SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff or .npy"
+SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff, .npy or .zarr/.ome.zarr"
 LAZY_THRESHOLD = 256 * 1024**2  # bytes; bigger files are memory-mapped when lazy is None
 
 # Other formats, through the optional [io] extra: bioio (with its per-format plugins) or, when only
@@ -91,7 +92,9 @@ def read_image(
     name = p.name.lower()
     if p.is_dir() and not name.endswith(".zarr"):
         raise SelfDenoiseError(f"{p} is a folder, not an image file; pass a {SUPPORTED} file")
-    if name.endswith(OTHER_SUFFIXES):
+    if is_zarr_store(p):
+        image = _read_zarr(p, axes, lazy, guess_axes)
+    elif name.endswith(OTHER_SUFFIXES):
         image = _read_other(p, axes, lazy, guess_axes, dask)
     else:
         if lazy is None:
@@ -278,6 +281,88 @@ def _norm_unit(unit: str) -> str:
     return _UNIT_ALIASES.get(unit.strip().lower(), unit.strip())
 
 
+# ----------------------------------------------------------------------------------- zarr
+
+def is_zarr_store(path) -> bool:
+    """A zarr (v2 or v3) array or group folder that the zarr library, when installed, can open."""
+    p = Path(path)
+    return p.is_dir() and any((p / name).is_file() for name in (".zgroup", ".zarray", "zarr.json")) \
+        and importlib.util.find_spec("zarr") is not None
+
+
+_OME_AXIS_NAMES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X", "s": "S"}
+
+
+def _read_zarr(p: Path, axes: str | None, lazy: bool | None, guess: bool) -> ImageData:
+    """A zarr array or OME-Zarr image (NGFF 0.4 or 0.5: its full-resolution level), read with zarr
+    itself; lazily (a dask array over the zarr chunks) when ``lazy`` or when it is big.
+
+    Chunks that were never written read as the array's fill value, as zarr defines (writers skip
+    chunks that hold only the fill value); a warning says how many there are.
+    """
+    import zarr
+
+    try:
+        node = zarr.open(str(p), mode="r")
+        array, file_axes, scale, units = _zarr_image(p, node)
+        stored, total = array.nchunks_initialized, array.nchunks
+    except SelfDenoiseError:
+        raise
+    except Exception as exc:  # zarr and its codecs raise many kinds on broken stores
+        raise SelfDenoiseError(f"cannot read {p} as zarr: {exc}") from None
+    if stored < total:
+        warnings.warn(f"{p}: {total - stored} of {total} chunks are not stored; they read as the fill value "
+                      f"{array.fill_value} (zarr's rule for chunks never written)", stacklevel=3)
+    final, guessed = _choose_axes(p, tuple(array.shape), file_axes, axes, guess)
+    if lazy is None:
+        lazy = array.nbytes > LAZY_THRESHOLD
+    if lazy:
+        import dask.array as da
+
+        data = da.from_zarr(array)
+    else:
+        data = array[...]
+    scale = {a: v for a, v in scale.items() if a in final}
+    return ImageData(data, final, scale, {a: u for a, u in units.items() if a in scale}, str(p), guessed)
+
+
+def _zarr_image(p: Path, node):
+    """(array, axes or None, scale, units) of a zarr array or an OME-Zarr group."""
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        names = node.metadata.dimension_names if node.metadata.zarr_format == 3 else \
+            node.attrs.get("_ARRAY_DIMENSIONS")
+        file_axes = "".join(_OME_AXIS_NAMES.get(str(n).lower(), "?") for n in names) if names else None
+        return node, (None if file_axes is None or "?" in file_axes else file_axes), {}, {}
+    attrs = node.attrs.asdict()
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        arrays = [name for name, _ in node.arrays()]
+        if len(arrays) != 1:
+            raise SelfDenoiseError(f"{p} is a zarr group without OME-Zarr metadata and with {len(arrays)} arrays; "
+                                   "give the path of one array inside it")
+        return _zarr_image(p, node[arrays[0]])
+    image = multiscales[0]
+    level = image["datasets"][0]
+    entries = image.get("axes") or []
+    names = [e["name"] if isinstance(e, dict) else e for e in entries]
+    file_axes = "".join(_OME_AXIS_NAMES.get(str(n).lower(), "?") for n in names) or None
+    if file_axes is not None and "?" in file_axes:
+        file_axes = None
+    scale, units = {}, {}
+    factors = next((t["scale"] for t in level.get("coordinateTransformations", []) if t.get("type") == "scale"),
+                   None)
+    if file_axes and factors and len(factors) == len(file_axes):
+        for axis, factor, entry in zip(file_axes, factors, entries):
+            if axis in "ZYX" and float(factor) > 0:
+                scale[axis] = float(factor)
+                unit = entry.get("unit") if isinstance(entry, dict) else None
+                if unit:
+                    units[axis] = _norm_unit(unit)
+    return node[level["path"]], file_axes, scale, units
+
+
 # ----------------------------------------------------------------------------- other formats
 
 
@@ -384,7 +469,8 @@ def write_image(path, data, axes: str, scale=None, units=None) -> Path:
     axes = validate_axes(axes, data.shape)
     name = p.name.lower()
     if not name.endswith(TIFF_SUFFIXES + (".npy",)):
-        raise SelfDenoiseError(f"cannot write {p}: unsupported file type; use {SUPPORTED}")
+        raise SelfDenoiseError(f"cannot write {p}: unsupported file type; use .tif, .tiff, .ome.tif, .ome.tiff "
+                               "or .npy (selfdenoise predict also writes .ome.zarr)")
     tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.part"
     try:
         if name.endswith(".npy"):
@@ -436,14 +522,14 @@ def _ome_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
 # ----------------------------------------------------------------------------------- CLI helper
 
 
-def output_path_for(input_path, out, n_inputs: int) -> Path:
+def output_path_for(input_path, out, n_inputs: int, extension: str = ".ome.tif") -> Path:
     """Where the CLI writes the result for ``input_path``.
 
-    One input and ``out`` not an existing folder: ``out`` is the file. Otherwise ``out`` is a
-    folder (created if missing) holding '<input stem>_denoised.ome.tif'.
+    One input and ``out`` not an existing folder (a zarr folder counts as a file): ``out`` is the file.
+    Otherwise ``out`` is a folder (created if missing) holding '<input stem>_denoised<extension>'.
     """
     out = Path(out)
-    if n_inputs == 1 and not out.is_dir():
+    if n_inputs == 1 and (not out.is_dir() or out.name.lower().endswith(".zarr")):
         target = out
     else:
         if out.exists() and not out.is_dir():
@@ -451,7 +537,7 @@ def output_path_for(input_path, out, n_inputs: int) -> Path:
                 f"{out} is a file; with {n_inputs} inputs the output must be a folder"
             )
         out.mkdir(parents=True, exist_ok=True)
-        target = out / f"{_stem(Path(input_path))}_denoised.ome.tif"
+        target = out / f"{_stem(Path(input_path))}_denoised{extension}"
     if target.resolve() == Path(input_path).resolve():
         raise SelfDenoiseError(f"the output {target} would overwrite the input; choose another")
     return target
@@ -460,7 +546,7 @@ def output_path_for(input_path, out, n_inputs: int) -> Path:
 def _stem(p: Path) -> str:
     """File name without its image extension ('a.ome.tif' -> 'a')."""
     name = p.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy"):
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".ome.zarr", ".zarr"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return p.stem

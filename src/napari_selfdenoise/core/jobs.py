@@ -18,6 +18,7 @@ import numpy as np
 from .axes import make_layout
 from .denoiser import Denoiser
 from .errors import SelfDenoiseError
+from .lazy import FITS_IN_MEMORY, is_lazy, nbytes
 from .steps import Stage, staged
 
 PREVIEW_SIZE = 256  # preview crop edge in Y and X: cheap enough to predict every few seconds on a CPU
@@ -101,7 +102,7 @@ def train_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | 
             outputs = yield from staged("previewing", denoiser.predict_steps(image[preview]))
             yield Preview(outputs, preview, event.step)
             next_preview = event.elapsed + PREVIEW_EVERY
-    outputs = yield from staged("predicting", denoiser.predict_steps(image, tta=tta))
+    outputs = yield from staged("predicting", predict_any_size(denoiser, image, tta=tta))
     return JobResult(outputs, stopped=bool(last is not None and last.stopped))
 
 
@@ -110,6 +111,7 @@ def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = 
     from .classic import DEFAULT_DENOISERS, calibration_steps, denoise_classic
     from .noise import noise_curve
 
+    image = np.asarray(image)  # the classic filters work in memory
     result = yield from staged("calibrating", calibration_steps(image, axes, denoisers or DEFAULT_DENOISERS))
     yield Stage("denoising", 0, 1)
     denoised = denoise_classic(image, axes, result.denoiser, result.parameter)
@@ -120,5 +122,30 @@ def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = 
 def predict_job(denoiser: Denoiser, image: np.ndarray, axes: str | None = None, tta: bool = False,
                 tile: int | None = None):
     """Apply a trained model to a whole image."""
-    outputs = yield from staged("predicting", denoiser.predict_steps(image, axes, tta=tta, tile=tile))
+    outputs = yield from staged("predicting", predict_any_size(denoiser, image, axes, tta=tta, tile=tile))
     return JobResult(outputs)
+
+
+def predict_any_size(denoiser: Denoiser, image, axes: str | None = None, **options):
+    """``predict_steps``, except for a lazy image too big to hold (a dask/zarr napari layer): that is
+    streamed block by block into OME-Zarr files in a scratch folder (removed at exit), and the
+    outputs come back as dask arrays over them, so a result layer reads only what is shown."""
+    if not (is_lazy(image) and nbytes(image) > FITS_IN_MEMORY):
+        return (yield from denoiser.predict_steps(image, axes, **options))
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import dask.array as da
+
+    from .streaming import output_axes, predict_to_disk
+
+    axes = axes or denoiser.config.axes
+    folder = Path(tempfile.mkdtemp(prefix="selfdenoise-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    targets = {name: folder / f"{name}.ome.zarr" for name in denoiser.method.outputs}
+    yield from predict_to_disk(denoiser, image, axes, targets, **options)
+    stored = output_axes(axes, zarr=True)
+    return {name: da.from_zarr(str(path / "0")).transpose([stored.index(a) for a in axes])
+            for name, path in targets.items()}

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .lazy import release_pages, to_numpy
+
 # Statistics are estimated on at most this many values per channel, so huge stacks stay cheap.
 _MAX_VALUES = 4_000_000
+_BOXES = 64  # random boxes read from samples too big to read whole
 
 
 @dataclass
@@ -55,12 +58,34 @@ class Normalization:
 
 
 def _subsample(canonical, channel: int, seed: int) -> np.ndarray:
-    """Up to ``_MAX_VALUES`` values of one channel, reading whole samples at random."""
+    """Up to ``_MAX_VALUES`` values of one channel: whole samples at random when they are small, else
+    random boxes, so a stack is never read whole (a 4 GB volume is one sample)."""
     n = canonical.shape[0]
     per_sample = int(np.prod(canonical.shape[2:]))
+    rng = np.random.default_rng(seed)
+    if per_sample > _MAX_VALUES:
+        values = np.concatenate([to_numpy(canonical[(i, channel, *box)]).ravel()
+                                 for i, box in _random_boxes(canonical.shape, rng)])
+        release_pages(canonical)
+        return values.astype(np.float64)
     take = max(1, min(n, _MAX_VALUES // max(per_sample, 1)))
-    picks = np.sort(np.random.default_rng(seed).choice(n, size=take, replace=False))
-    values = np.concatenate([np.asarray(canonical[i, channel]).ravel() for i in picks])
+    picks = np.sort(rng.choice(n, size=take, replace=False))
+    values = np.concatenate([to_numpy(canonical[i, channel]).ravel() for i in picks])
+    release_pages(canonical)
     if values.size > _MAX_VALUES:
         values = values[:: values.size // _MAX_VALUES + 1]
     return values.astype(np.float64)
+
+
+def _random_boxes(shape, rng, count: int = _BOXES):
+    """``count`` (sample, box) pairs, each box about ``_MAX_VALUES / count`` voxels, cube-like."""
+    spatial = shape[2:]
+    edge = (_MAX_VALUES / count) ** (1 / len(spatial))
+    sizes = [max(1, min(s, int(edge))) for s in spatial]
+    for k in range(len(sizes)):  # a thin axis gives its unused share to the others
+        rest = int(np.prod(sizes[:k] + sizes[k + 1 :]))
+        sizes[k] = max(1, min(spatial[k], _MAX_VALUES // count // max(rest, 1)))
+    for _ in range(count):
+        i = int(rng.integers(shape[0]))
+        starts = [int(rng.integers(0, s - b + 1)) for s, b in zip(spatial, sizes)]
+        yield i, tuple(slice(a, a + b) for a, b in zip(starts, sizes))

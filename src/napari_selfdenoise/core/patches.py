@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import SelfDenoiseError
+from .lazy import release_pages
 from .normalize import Normalization
 
 # With at least this many samples (S/T frames) validation holds out whole samples; else a spatial slab.
@@ -117,7 +118,10 @@ class PatchSampler:
         return patch
 
     def batch(self, size: int) -> np.ndarray:
-        return np.ascontiguousarray(np.stack([self.patch() for _ in range(size)]), dtype=np.float32)
+        patches = np.ascontiguousarray(np.stack([self.patch() for _ in range(size)]), dtype=np.float32)
+        for source in self.sources:  # pages mapped around each patch would pile up over a long run
+            release_pages(source)
+        return patches
 
     def fixed_set(self, count: int) -> np.ndarray:
         """A reproducible set of patches (validation), without augmentation."""

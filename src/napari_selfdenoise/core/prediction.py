@@ -99,17 +99,24 @@ class TiledPredictor:
         in raw units. Samples are normalised one at a time, so memory follows one sample, not the stack."""
         return drain(self.steps(canonical, normalization), progress)
 
-    def steps(self, canonical, normalization):
-        """The same as a generator: yields (tiles done, tiles in all) and returns the result, so a
-        worker thread can report progress and be cancelled between batches of tiles."""
-        n, c, *spatial = canonical.shape
+    def plan(self, spatial) -> "TilePlan":
+        """The tile grid of an image with ``spatial`` shape: the same for a whole image and for any block
+        of it, which is what makes block-wise (streamed, distributed) results equal whole-image ones."""
         multiples = self.multiples if len(self.multiples) == len(spatial) else (self.multiple,) * len(spatial)
         padded = tuple(_round_up(s, m) for s, m in zip(spatial, multiples))
         tile = self._tile_shape(padded, multiples)
         plans = [self._axis_plan(p, t, m) for p, t, m in zip(padded, tile, multiples)]
         origins = np.stack(np.meshgrid(*[p[0] for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
         window_index = np.stack(np.meshgrid(*[range(len(p[0])) for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
-        total, done = n * len(origins), 0
+        return TilePlan(tuple(spatial), padded, tile, origins, window_index, [p[1] for p in plans], self.batch_size)
+
+    def steps(self, canonical, normalization):
+        """The same as a generator: yields (tiles done, tiles in all) and returns the result, so a
+        worker thread can report progress and be cancelled between batches of tiles."""
+        n, c, *spatial = canonical.shape
+        plan = self.plan(spatial)
+        padded, tile = plan.padded, plan.tile
+        total, done = n * plan.count, 0
         outputs = len(self.method.outputs) * c
         result = np.empty((n, outputs, *spatial), dtype=np.float32)
         self.network.eval()
@@ -118,23 +125,55 @@ class TiledPredictor:
             image = np.pad(normalization.apply(canonical[i : i + 1])[0], pad, mode="reflect")
             accumulated = np.zeros((outputs, *padded), dtype=np.float32)
             weights = np.zeros(padded, dtype=np.float32)
-            for first in range(0, len(origins), self.batch_size):
-                chosen = range(first, min(first + self.batch_size, len(origins)))
-                boxes = [tuple(slice(o, o + t) for o, t in zip(origins[j], tile)) for j in chosen]
+            for chosen in plan.batches():
+                boxes = [plan.box(j) for j in chosen]
                 batch = np.stack([image[(slice(None), *box)] for box in boxes])
                 predicted = self._predict_batch(batch)
                 for j, box, tile_out in zip(chosen, boxes, predicted):
-                    w = _outer([plans[a][1][window_index[j][a]] for a in range(len(spatial))])
+                    w = plan.weight(j)
                     accumulated[(slice(None), *box)] += tile_out * w
                     weights[box] += w
                 done += len(chosen)
                 yield done, total
             crop = tuple(slice(0, s) for s in spatial)
             blended = (accumulated / weights)[(slice(None), *crop)]
-            for k, name in enumerate(self.method.outputs):
-                part = blended[None, k * c : (k + 1) * c]
-                result[i, k * c : (k + 1) * c] = self.method.denormalize_output(name, part, normalization)[0]
+            result[i] = self._denormalize(blended, c, normalization)
         return result
+
+    def predict_block(self, plan: "TilePlan", read_tile: Callable, block, normalization) -> np.ndarray:
+        """The blended, denormalised outputs (outputs*C, *block shape) of one block of one sample.
+
+        ``block`` is a [start, stop) pair per spatial axis; ``read_tile(box)`` returns the raw
+        (C, *tile) input of a box of the reflect-padded image. Every batch of the global tile grid that
+        holds a tile touching the block is predicted whole and the touching tiles are accumulated in
+        grid order, so each pixel gets bit for bit the sum that ``steps`` computes for the whole image.
+        """
+        self.network.eval()
+        shape = tuple(b - a for a, b in block)
+        accumulated = weights = None
+        for chosen in plan.batches(plan.touching(block)):
+            boxes = [plan.box(j) for j in chosen]
+            raw = np.stack([read_tile(box) for box in boxes])
+            predicted = self._predict_batch(normalization.apply(raw))
+            if accumulated is None:
+                accumulated = np.zeros((predicted.shape[1], *shape), dtype=np.float32)
+                weights = np.zeros(shape, dtype=np.float32)
+            for j, box, tile_out in zip(chosen, boxes, predicted):
+                inside = _intersect(box, block)
+                if inside is None:
+                    continue
+                source = tuple(slice(lo - b.start, hi - b.start) for (lo, hi), b in zip(inside, box))
+                target = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inside, block))
+                w = plan.weight(j)[source]
+                accumulated[(slice(None), *target)] += tile_out[(slice(None), *source)] * w
+                weights[target] += w
+        return self._denormalize(accumulated / weights, accumulated.shape[0] // len(self.method.outputs),
+                                 normalization)
+
+    def _denormalize(self, blended: np.ndarray, c: int, normalization) -> np.ndarray:
+        parts = [self.method.denormalize_output(name, blended[None, k * c : (k + 1) * c], normalization)[0]
+                 for k, name in enumerate(self.method.outputs)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
@@ -146,6 +185,45 @@ class TiledPredictor:
                 y = _undo(self.method.predict(self.network, _apply(x, k, flip)).float(), k, flip)
                 total = y if total is None else total + y
             return (total / 8).cpu().numpy()
+
+
+class TilePlan:
+    """Tile origins on the padded image, their blending windows and the fixed batches of tiles."""
+
+    def __init__(self, spatial, padded, tile, origins, window_index, windows, batch_size):
+        self.spatial, self.padded, self.tile = spatial, padded, tile
+        self.origins, self.window_index, self.windows = origins, window_index, windows
+        self.batch_size = batch_size
+
+    @property
+    def count(self) -> int:
+        return len(self.origins)
+
+    def box(self, j: int) -> tuple[slice, ...]:
+        return tuple(slice(int(o), int(o) + t) for o, t in zip(self.origins[j], self.tile))
+
+    def weight(self, j: int) -> np.ndarray:
+        return _outer([self.windows[a][self.window_index[j][a]] for a in range(len(self.tile))])
+
+    def touching(self, block) -> list[int]:
+        """Indices of the tiles that overlap ``block`` (a [start, stop) pair per spatial axis)."""
+        hits = np.ones(self.count, dtype=bool)
+        for a, (lo, hi) in enumerate(block):
+            hits &= (self.origins[:, a] < hi) & (self.origins[:, a] + self.tile[a] > lo)
+        return np.flatnonzero(hits).tolist()
+
+    def batches(self, wanted=None):
+        """Batches of tile indices, always the same groups of ``batch_size`` consecutive tiles (the
+        network's result for a tile may depend on its batch); only those holding a ``wanted`` tile."""
+        groups = range(0, self.count, self.batch_size) if wanted is None else \
+            sorted({j // self.batch_size * self.batch_size for j in wanted})
+        for first in groups:
+            yield list(range(first, min(first + self.batch_size, self.count)))
+
+
+def _intersect(box: tuple[slice, ...], block) -> tuple[tuple[int, int], ...] | None:
+    pairs = tuple((max(b.start, lo), min(b.stop, hi)) for b, (lo, hi) in zip(box, block))
+    return None if any(lo >= hi for lo, hi in pairs) else pairs
 
 
 def _outer(vectors: list[np.ndarray]) -> np.ndarray:
