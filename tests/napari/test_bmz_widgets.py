@@ -31,15 +31,6 @@ def viewer(make_napari_viewer, noisy):
 
 
 @pytest.fixture
-def errors():
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    start = len(notification_manager.records)
-    return lambda: [n.message for n in notification_manager.records[start:]
-                    if n.severity == NotificationSeverity.ERROR]
-
-
-@pytest.fixture
 def model_file(tmp_path, noisy):
     return Denoiser("n2v2", "YX", **TINY).fit(noisy).save(tmp_path / "cells.sdmodel")
 

@@ -28,16 +28,6 @@ def viewer(make_napari_viewer, noisy):
     return viewer
 
 
-@pytest.fixture
-def errors():
-    """Error notifications shown during the test (napari's own notification manager)."""
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    start = len(notification_manager.records)
-    return lambda: [n.message for n in notification_manager.records[start:]
-                    if n.severity == NotificationSeverity.ERROR]
-
-
 def train_widget(viewer, steps=6):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
     widget.image_picker.setCurrentText("cells")
