@@ -25,6 +25,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_training_arguments(parser: argparse.ArgumentParser, batch: int = 8, features: int = 16) -> None:
+    """The training settings every benchmark exposes (defaults: a CPU budget)."""
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--features", type=int, default=features, help=f"U-Net width (default {features})")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def psnr(reference: np.ndarray, image: np.ndarray, peak: float = 255.0) -> float:
     mse = np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2)
     return float(10 * np.log10(peak**2 / mse))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from skimage.io import imread
 
-from _common import base_parser, machine, psnr, save
+from _common import add_training_arguments, base_parser, machine, psnr, save
 from napari_selfdenoise import Denoiser
 
 
@@ -93,12 +93,7 @@ def main():
     parser.add_argument("--checkpoints", default="1,2,5,10,20", help="minutes at which to evaluate")
     parser.add_argument("--checkpoint-images", type=int, default=0,
                         help="score only the first N test images at the checkpoints (0: all 68); the final score uses all")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    add_training_arguments(parser, batch=16, features=32)
     parser.add_argument("--tta", action="store_true", help="also report 8x test-time augmentation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from skimage.io import imread
 
-from _common import base_parser, machine, psnr, psnr_affine, save
+from _common import add_training_arguments, base_parser, machine, psnr, psnr_affine, save
 from napari_selfdenoise import Denoiser
 
 SAMPLES = {"Confocal_FISH_3": "YX", "Confocal_BPAE_R_mito": "YX", "WideField_BPAE_RGB": "YXC"}
@@ -67,12 +67,7 @@ def main():
     parser.add_argument("--methods", default="n2s,n2v,n2v2,n2same,nnet,classic")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--minutes", type=float, default=None, help="wall-time cap per method and image")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--features", type=int, default=16, help="U-Net width (16: a CPU budget)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_training_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = ("steps", "minutes", "batch", "patch", "lr", "depth", "features", "seed")

@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.io import imread
 
-from _common import REPO, base_parser, machine, save
+from _common import REPO, add_training_arguments, base_parser, machine, save
 from napari_selfdenoise import Denoiser
 from napari_selfdenoise.core.methods.nnet import direct_neighbour_mean, mixture_nll
 from napari_selfdenoise.core.noise import noise_curve
@@ -291,12 +291,7 @@ def main():
     parser.add_argument("--real-steps", type=int, default=600)
     parser.add_argument("--holdout", type=float, default=0.25, help="fraction of the rows held out (real part)")
     parser.add_argument("--bins", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--features", type=int, default=16, help="U-Net width (16: a CPU budget)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_training_arguments(parser)
     parser.add_argument("--plot", type=str, default=str(REPO / "docs" / "noise_model_recovery.png"))
     parser.add_argument("--replot", type=Path, default=None, help="only redraw the plot from this JSON file")
     args = parser.parse_args()
