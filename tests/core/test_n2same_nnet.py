@@ -367,3 +367,77 @@ def test_structure_option_round_trips_and_old_models_load_without_it(tmp_path):
     from napari_selfdenoise.core.networks import build_network
 
     assert build_network(old).noise.structure_logit is None
+
+
+# ------------------------------------------------------------------ N-net noise calibration
+
+
+class _BoxBlur(torch.nn.Module):
+    """A fixed D-net: the 3x3 mean. Its blind-spot predictions err by a known amount (averaged noise of
+    the neighbours, and the signal's edges), which the joint likelihood mistakes for noise."""
+
+    def forward(self, x):
+        return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+
+
+def _smooth_image(size=64, seed=0):
+    field = ndi.gaussian_filter(np.random.default_rng(seed).normal(size=(size, size)), 6, mode="wrap")
+    return (0.1 + 0.9 * (field - field.min()) / (field.max() - field.min())).astype(np.float32)
+
+
+@pytest.mark.parametrize("noise", ["constant", "signal_dependent"])
+def test_noise_calibration_removes_the_blind_spot_error_from_the_noise_model(noise):
+    """Piecewise-constant signal, Gaussian noise of known std; the D-net is a fixed blur. A head fitted to
+    the hidden pixels' likelihood, as training does, over-estimates the noise; after calibration its std
+    is the noise's own, at every signal level."""
+    from napari_selfdenoise.core.methods.nnet import calibrate_noise_head, direct_neighbour_mean
+
+    clean = np.stack([_smooth_image(seed=s) for s in range(8)])[:, None]  # 8 patches (8, 1, 64, 64)
+    sigma = np.full_like(clean, 0.05) if noise == "constant" else 0.02 + 0.08 * clean
+    noisy = torch.from_numpy(clean + sigma * np.random.default_rng(1).normal(size=clean.shape).astype(np.float32))
+    torch.manual_seed(0)
+    net = NNet(in_channels=1, dims=2, depth=1, features=8, noise_features=16)
+    net.denoiser = _BoxBlur()
+    levels = np.digitize(clean, np.linspace(0.2, 0.9, 8))  # 0.1-0.2, ..., 0.9-1.0
+
+    def level_errors():  # relative error of the predicted std at each signal level: median, worst
+        with torch.no_grad():
+            predicted = mixture_std(*net.noise(net.denoiser(noisy))).numpy()
+        errors = [abs(float(np.mean(predicted[levels == k]) / np.mean(sigma[levels == k])) - 1)
+                  for k in np.unique(levels)]
+        return float(np.median(errors)), max(errors)
+
+    # What training fits: each grid pixel hidden (direct-neighbour mean) and predicted from the rest.
+    mask = torch.zeros(noisy.shape[:1] + noisy.shape[2:], dtype=torch.bool)
+    mask[:, ::4, ::4] = True
+    with torch.no_grad():
+        signal = net.denoiser(torch.where(mask[:, None], direct_neighbour_mean(noisy), noisy))
+    optimizer = torch.optim.Adam(net.noise.parameters(), lr=1e-2)
+    for _ in range(400):
+        optimizer.zero_grad()
+        mixture_nll(noisy, signal, net.noise(signal), mask).backward()
+        optimizer.step()
+    trained = level_errors()
+    assert trained[0] > 0.06, f"the test must make the blind-spot error visible (median {trained[0]:.1%})"
+
+    note = calibrate_noise_head(net, noisy, _gen(2))
+    assert "calibrated" in note
+    calibrated = level_errors()
+    assert calibrated[0] < 0.05 and calibrated[1] < 0.08, \
+        f"after calibration the std is off by {calibrated[0]:.1%} (median level), {calibrated[1]:.1%} (worst); " \
+        f"trained head: {trained[0]:.1%}, {trained[1]:.1%}"
+
+
+def test_calibration_runs_when_training_ends_and_only_changes_the_noise_head():
+    image = add_noise(fluorescence_image((64, 64), seed=3), "gaussian", sigma=0.1, seed=4)
+    fits = {}
+    for calibrate in (False, True):
+        options = {**NNET_FAST, "steps": 20, "method_options": {"noise_features": 16, "calibrate": calibrate}}
+        model = Denoiser("nnet", "YX", **options)
+        last = list(model.train(image))[-1]
+        fits[calibrate] = (model.network.state_dict(), last.extra.get("notes", []))
+    (plain, plain_notes), (calibrated, notes) = fits[False], fits[True]
+    assert plain_notes == [] and any("calibrated" in n for n in notes)
+    for key in plain:  # same seed, same training: only the noise head differs
+        same = torch.equal(plain[key], calibrated[key])
+        assert same == (not key.startswith("noise.")), key

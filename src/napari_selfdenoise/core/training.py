@@ -30,6 +30,8 @@ from .methods import Method
 from .noise import noise_curve
 from .patches import PatchSampler, split_regions, validation_patch_count
 
+FINISH_PATCHES = 64  # patches given to ``Method.finish`` (N-net's noise calibration: 262k pixels in 2-D)
+
 
 @dataclass
 class ProgressEvent:
@@ -102,6 +104,8 @@ class Trainer:
         val_sampler = PatchSampler(sources, val, self.patch_shape, normalization, config.seed + 1)
         self.val_patches = val_sampler.fixed_set(validation_patch_count(val, self.patch_shape))
         self.curve_crop = self.val_patches[:8]
+        # Patches from everywhere (train and validation) for the method's finishing step, drawn at the end.
+        self.finish_sampler = PatchSampler(sources, train + val, self.patch_shape, normalization, config.seed + 2)
         self.best_weights = copy.deepcopy(network.state_dict())
 
     def stop(self):
@@ -226,6 +230,8 @@ class Trainer:
                 scheduler.step(val_loss)
                 self._record(val_loss, float(np.mean(recent)), optimizer)
             event = self._event(state, max_steps, recent, val_loss, optimizer, ending)
+            if ending:
+                self._finish(event)
             if config.curve_every and self.group.is_main and (state.step % config.curve_every == 0 or ending):
                 event.extra["noise_curve"] = self.noise_curve()
             yield self._timed(event, tick, start_elapsed)
@@ -240,10 +246,24 @@ class Trainer:
                     scheduler.step(val_loss)
                     self._record(val_loss, float(np.mean(recent)), optimizer)
                 event = self._event(state, max_steps, recent, val_loss, optimizer, True)
+                self._finish(event)
                 if config.curve_every:
                     event.extra["noise_curve"] = self.noise_curve()
                 yield self._timed(event, tick, start_elapsed)
                 break
+
+    def _finish(self, event: ProgressEvent):
+        """The method's finishing step on the best weights, which it may change (they stay the best)."""
+        if type(self.method).finish is Method.finish:
+            return
+        self.network.load_state_dict(self.best_weights)
+        patches = self._to_device(self.finish_sampler.fixed_set(FINISH_PATCHES))
+        gen = torch.Generator().manual_seed(self.config.seed + 54321)
+        note = self.method.finish(self.network, patches, gen)
+        self.network.train()
+        self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+        if note:
+            event.extra["notes"] = [note]
 
     def _train_step(self, optimizer, gens) -> float:
         """One optimizer step over this process's shards (gradients summed over shards and processes);

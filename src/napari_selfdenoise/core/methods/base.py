@@ -51,6 +51,12 @@ class Method:
         """The optimizer's parameter groups: one group at the configured learning rate by default."""
         return [{"params": list(net.parameters()), "lr": lr}]
 
+    def finish(self, net, patches: torch.Tensor, gen: torch.Generator) -> str | None:
+        """Called once when training ends, with the best weights loaded and normalised ``patches`` drawn
+        from all the training data; may adjust the network (N-net calibrates its noise head). Returns a
+        note for the user, or None."""
+        return None
+
     def predict(self, net, x: torch.Tensor) -> torch.Tensor:
         """Inference on normalised input; returns ``len(outputs) * C`` channels."""
         return net(x)
