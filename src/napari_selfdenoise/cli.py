@@ -418,6 +418,9 @@ def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
     with tqdm(total=total, desc=desc, unit="s" if by_time else "step", file=sys.stderr, disable=quiet,
               dynamic_ncols=True, bar_format=fmt, leave=True) as bar:
         for event in model.train(images):
+            if "stage" in event.extra:  # a finishing step after the last step (N-net's calibration)
+                bar.set_postfix_str(f"{event.extra['stage']}...")
+                continue
             last = event
             if event.val_loss is not None:
                 val = event.val_loss
@@ -510,9 +513,11 @@ def _train_and_save(model, images, out, device, group, quiet: bool, start_from=N
         f"{' or '.join(b for b in budget if b)} on {where}")
     started = time.perf_counter()
     first_step = model.state.step
-    _train_with_progress(model, [image.data for image in images], quiet or not group.is_main)
+    last = _train_with_progress(model, [image.data for image in images], quiet or not group.is_main)
     if not group.is_main:
         return 0
+    for note in last.extra.get("notes", []) if last is not None else []:
+        say(note)
     model.save(out)
     state = model.state
     done = f"{state.step - first_step} more steps ({state.step} in all)" if start_from else f"{state.step} steps"

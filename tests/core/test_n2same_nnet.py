@@ -434,8 +434,15 @@ def test_calibration_runs_when_training_ends_and_only_changes_the_noise_head():
     for calibrate in (False, True):
         options = {**NNET_FAST, "steps": 20, "method_options": {"noise_features": 16, "calibrate": calibrate}}
         model = Denoiser("nnet", "YX", **options)
-        last = list(model.train(image))[-1]
-        fits[calibrate] = (model.network.state_dict(), last.extra.get("notes", []))
+        events = list(model.train(image))
+        stages = [e.extra["stage"] for e in events if "stage" in e.extra]
+        # Calibrating is announced once, after the last step and before the final (done) event.
+        assert stages == (["calibrating the noise model"] if calibrate else [])
+        assert [e.done for e in events].count(True) == 1 and events[-1].done
+        if calibrate:
+            assert "stage" in events[-2].extra and events[-2].step == events[-1].step == 20
+        assert model.state.elapsed == pytest.approx(events[-1].elapsed)
+        fits[calibrate] = (model.network.state_dict(), events[-1].extra.get("notes", []))
     (plain, plain_notes), (calibrated, notes) = fits[False], fits[True]
     assert plain_notes == [] and any("calibrated" in n for n in notes)
     for key in plain:  # same seed, same training: only the noise head differs

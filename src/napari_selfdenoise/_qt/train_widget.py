@@ -399,6 +399,9 @@ class TrainWidget(QWidget):
                 self.status.setText(f"{message.name.capitalize()}: {message.done}/{message.total}")
 
     def _on_progress(self, event) -> None:
+        if "stage" in event.extra:  # a finishing step after the last step (N-net's calibration)
+            self.status.setText(f"{event.extra['stage'].capitalize()}...")
+            return
         losses = self.losses
         losses["step"].append(event.step)
         losses["train"].append(event.train_loss)

@@ -98,7 +98,8 @@ def train_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | 
     for event in denoiser.train(data):
         last = event
         yield event
-        if preview is not None and not event.done and event.elapsed >= next_preview:
+        if preview is not None and not event.done and "stage" not in event.extra \
+                and event.elapsed >= next_preview:
             outputs = yield from staged("previewing", denoiser.predict_steps(image[preview]))
             yield Preview(outputs, preview, event.step)
             next_preview = event.elapsed + PREVIEW_EVERY

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import math
 import time
@@ -231,7 +232,7 @@ class Trainer:
                 self._record(val_loss, float(np.mean(recent)), optimizer)
             event = self._event(state, max_steps, recent, val_loss, optimizer, ending)
             if ending:
-                self._finish(event)
+                tick = yield from self._finish(event, tick, start_elapsed)
             if config.curve_every and self.group.is_main and (state.step % config.curve_every == 0 or ending):
                 event.extra["noise_curve"] = self.noise_curve()
             yield self._timed(event, tick, start_elapsed)
@@ -246,16 +247,21 @@ class Trainer:
                     scheduler.step(val_loss)
                     self._record(val_loss, float(np.mean(recent)), optimizer)
                 event = self._event(state, max_steps, recent, val_loss, optimizer, True)
-                self._finish(event)
+                tick = yield from self._finish(event, tick, start_elapsed)
                 if config.curve_every:
                     event.extra["noise_curve"] = self.noise_curve()
                 yield self._timed(event, tick, start_elapsed)
                 break
 
-    def _finish(self, event: ProgressEvent):
-        """The method's finishing step on the best weights, which it may change (they stay the best)."""
-        if type(self.method).finish is Method.finish:
-            return
+    def _finish(self, event: ProgressEvent, tick: float, start_elapsed: float):
+        """The method's finishing step on the best weights, which it may change (they stay the best).
+        First yields a copy of ``event`` (not done) whose ``extra["stage"]`` says what is being done;
+        returns the clock's new start for the time that ``event`` will count."""
+        if not self.method.finishing:
+            return tick
+        announce = dataclasses.replace(event, done=False, stopped=False, extra={"stage": self.method.finishing})
+        yield self._timed(announce, tick, start_elapsed)
+        tick = time.perf_counter()
         self.network.load_state_dict(self.best_weights)
         patches = self._to_device(self.finish_sampler.fixed_set(FINISH_PATCHES))
         gen = torch.Generator().manual_seed(self.config.seed + 54321)
@@ -264,6 +270,7 @@ class Trainer:
         self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
         if note:
             event.extra["notes"] = [note]
+        return tick
 
     def _train_step(self, optimizer, gens) -> float:
         """One optimizer step over this process's shards (gradients summed over shards and processes);

@@ -26,6 +26,8 @@ class Method:
     preferred_normalization: ClassVar[str] = "percentile"
     # Names of the prediction outputs; each has the input's channel count.
     outputs: ClassVar[tuple[str, ...]] = ("denoised",)
+    # What ``finish`` does, as progress shows it ("calibrating the noise model"); None: no finishing step.
+    finishing: ClassVar[str | None] = None
     # Option name -> default value; user options are checked against these names.
     defaults: ClassVar[dict[str, Any]] = {}
 

@@ -37,6 +37,7 @@ class NoiseModelNet(Method):
     paper = ("Ollion, Ollion, Gassiat, Lehéricy & Le Corff, Joint self-supervised blind denoising and "
              "noise estimation, arXiv:2102.08023 (2021)")
     outputs = ("denoised", "noise_std")
+    finishing = "calibrating the noise model"
     defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32, "noise_lr": 10.0,
                 "structure": False, "calibrate": True}
 
@@ -68,10 +69,13 @@ class NoiseModelNet(Method):
         head = getattr(net, "module", net).noise  # net may be the DistributedDataParallel wrapper
         return mixture_nll(batch, signal, head.widen_by_structure(params, signal), mask)
 
-    def finish(self, net, patches, gen):
-        """Calibrate the noise head (see the module's text) on ``patches``; returns a note or None."""
+    def __init__(self, options=None):
+        super().__init__(options)
         if not self.options["calibrate"]:
-            return None
+            self.finishing = None
+
+    def finish(self, net, patches, gen):
+        """Calibrate the noise head (see the module's text) on ``patches``; returns a note."""
         return calibrate_noise_head(net, patches, gen)
 
     def predict(self, net, x):
