@@ -32,8 +32,17 @@ def scores(clean, image) -> dict:
     return {"psnr": round(psnr(clean, image), 3), "psnr_affine": round(psnr_affine(clean, image), 3)}
 
 
-def run_neural(method, args, noisy, clean, axes):
-    model = Denoiser(method, axes, steps=args.steps, time_limit=args.minutes * 60 if args.minutes else None,
+def method_and_options(spec: str):
+    """``n2s`` or ``n2s:blind_radius=2:grid=6``: a method and its options (values as the CLI reads them)."""
+    from napari_selfdenoise.cli import _parse_options
+
+    method, *pairs = spec.split(":")
+    return method, _parse_options(pairs)
+
+
+def run_neural(spec, args, noisy, clean, axes):
+    method, options = method_and_options(spec)
+    model = Denoiser(method, axes, method_options=options, steps=args.steps, time_limit=args.minutes * 60 if args.minutes else None,
                      batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
                      seed=args.seed, device=args.device, curve_every=0)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -64,7 +73,8 @@ def run_classic(noisy, clean, axes):
 def main():
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--samples", default=",".join(SAMPLES))
-    parser.add_argument("--methods", default="n2s,n2v,n2v2,n2same,nnet,classic")
+    parser.add_argument("--methods", default="n2s,n2v,n2v2,n2same,nnet,classic",
+                        help="comma-separated; options after colons, e.g. n2s:blind_radius=2")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--minutes", type=float, default=None, help="wall-time cap per method and image")
     add_training_arguments(parser)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from napari_selfdenoise.core.denoiser import Denoiser
+from napari_selfdenoise.core.errors import SelfDenoiseError
 from napari_selfdenoise.core.methods import get_method, method_names
 from napari_selfdenoise.core.methods.masking import (grid_mask, replace_with_neighbour_median,
                                                      replace_with_random_neighbour, stratified_mask)
@@ -258,3 +259,79 @@ def test_n2s_loss_ignores_masked_values():
     changed[mask[:, None]] = 123.0
     seen2, _ = _input_and_mask(method, changed, seed=7)
     assert torch.equal(seen2[mask[:, None]], seen[mask[:, None]])
+
+
+# ------------------------------------------------------- blind_radius (spatially correlated noise)
+
+
+class _InputGradientSpy(torch.nn.Module):
+    """Keeps the network input (with its graph back to the batch); outputs a fixed tensor, so that the
+    loss gradient marks the pixels the loss is computed on. For N-net it also plays the noise head."""
+
+    def __init__(self, output: torch.Tensor, nnet: bool):
+        super().__init__()
+        self.output = torch.nn.Parameter(output.clone())
+        self.nnet = nnet
+        self.noise = self  # N-net's training loss asks its network for ``.noise.widen_by_structure``
+        self.inputs = []
+
+    def widen_by_structure(self, params, signal):
+        return params
+
+    def forward(self, x):
+        self.inputs.append(x)
+        if not self.nnet:
+            return self.output
+        one = torch.ones_like(self.output).unsqueeze(2)
+        return self.output, (one, torch.zeros_like(one), one)
+
+
+def _hidden_and_loss_pixels(name, radius, spatial, seed=3):
+    options = {"blind_radius": radius}
+    if name in ("n2v", "n2v2"):
+        options["mask_fraction"] = 0.01
+    method = get_method(name, options)
+    batch = torch.from_numpy(np.random.default_rng(seed).normal(size=(2, 2, *spatial)).astype(np.float32))
+    batch.requires_grad_(True)
+    spy = _InputGradientSpy(batch.detach() + 1.0, nnet=name == "nnet")
+    method.training_loss(spy, batch, _gen(seed)).backward(inputs=[spy.output])
+    loss_pixels = (spy.output.grad != 0).any(dim=1)
+    seen = spy.inputs[0]
+    weights = torch.from_numpy(np.random.default_rng(seed + 1).normal(size=seen.shape).astype(np.float32))
+    (dependence,) = torch.autograd.grad((seen * weights).sum(), batch)
+    return loss_pixels, (dependence != 0).any(dim=1)
+
+
+@pytest.mark.parametrize("spatial", [(48, 48), (6, 40, 40)], ids=["2d", "3d"])
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("name", ["n2s", "n2v", "n2v2", "nnet"])
+def test_blind_radius_hides_the_square_around_each_blind_spot(name, radius, spatial):
+    """With ``blind_radius`` r, the network input does not depend on any pixel within r (Y and X, same
+    plane) of a pixel the loss is computed on: noise correlated over r pixels cannot leak. Other planes
+    and the pixels farther away are still seen."""
+    loss_pixels, depends = _hidden_and_loss_pixels(name, radius, spatial)
+    centres = loss_pixels.nonzero().tolist()
+    assert len(centres) >= 4
+    size = 2 * radius + 1  # every pixel within r of some blind spot (N2V's may lie close together)
+    near_any = torch.nn.functional.max_pool2d(loss_pixels.reshape(-1, 1, *spatial[-2:]).float(), size, 1,
+                                              radius).reshape(loss_pixels.shape) > 0
+    for b, *where in centres:
+        *z, y, x = where
+        square = depends[(b, *z, slice(max(0, y - radius), y + radius + 1), slice(max(0, x - radius), x + radius + 1))]
+        assert not square.any(), f"{name}: the input depends on a pixel within {radius} of {where}"
+        ring_y = y + radius + 1 if y + radius + 1 < spatial[-2] else y - radius - 1
+        if not near_any[(b, *z, ring_y, x)]:
+            assert depends[(b, *z, ring_y, x)], "a pixel just outside the hidden square must be seen"
+        if z:
+            other = z[0] + 1 if z[0] + 1 < spatial[0] else z[0] - 1
+            assert near_any[(b, other, y, x)] or depends[(b, other, y, x)], "Z neighbours are separate exposures: they stay visible"
+
+
+@pytest.mark.parametrize("name", ["n2s", "n2v", "n2v2", "n2same", "nnet"])
+def test_blind_radius_option_is_checked_and_trains(name):
+    for bad in (-1, 1.5, "2", True, 99):
+        with pytest.raises(SelfDenoiseError, match="blind_radius"):
+            get_method(name, {"blind_radius": bad})
+    image = fluorescence_image((48, 48), seed=1)
+    model = Denoiser(name, "YX", method_options={"blind_radius": 2}, **TINY).fit(image)
+    assert np.isfinite(model.predict(image)).all()

@@ -9,6 +9,10 @@ import torch
 from ..errors import SelfDenoiseError
 
 
+# Pixels hidden around each blind spot for spatially correlated noise (option ``blind_radius``).
+MAX_BLIND_RADIUS = 4
+
+
 class Method:
     """Base class of the neural methods. A subclass sets the class attributes and ``training_loss``.
 
@@ -40,6 +44,14 @@ class Method:
                 f"method {self.name!r} has no option {', '.join(unknown)}; its options are: {known}"
             )
         self.options = {**self.defaults, **options}
+        if "blind_radius" in self.options:
+            radius = self.options["blind_radius"]
+            if isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius != int(radius) \
+                    or not 0 <= radius <= MAX_BLIND_RADIUS:
+                raise SelfDenoiseError(
+                    f"option blind_radius must be a whole number of pixels from 0 to {MAX_BLIND_RADIUS} "
+                    f"(got {radius!r}); 1 or 2 for noise correlated between neighbouring pixels")
+            self.options["blind_radius"] = int(radius)
 
     def architecture(self, channels: int, dims: int, depth: int, features: int) -> dict[str, Any]:
         """The network's description, stored in model files; ``networks.build_network`` builds it."""

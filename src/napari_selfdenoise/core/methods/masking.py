@@ -130,6 +130,47 @@ def replace_with_neighbour_median(x, mask, radius: int = 2) -> torch.Tensor:
     return out
 
 
+def widen_blind_spots(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """``mask`` (B, [Z,] Y, X) grown by ``radius`` pixels along Y and X (a square around each blind spot).
+
+    Z is left alone: the planes of a stack are separate exposures, so a camera's correlated noise (from
+    resampling, demosaicing, binning) links neighbours within a plane only.
+    """
+    if radius <= 0:
+        return mask
+    size = 2 * radius + 1
+    window = (1, size, size) if mask.dim() == 4 else (size, size)
+    pool = F.max_pool3d if mask.dim() == 4 else F.max_pool2d
+    padding = tuple(w // 2 for w in window)
+    return pool(mask[:, None].float(), window, stride=1, padding=padding)[:, 0] > 0
+
+
+def replace_with_visible_mean(x: torch.Tensor, hidden: torch.Tensor, radius: int) -> torch.Tensor:
+    """Each ``hidden`` pixel replaced by the mean of the visible pixels of its Y-X window of side
+    2 * radius + 3 (at least the ring just outside a hidden square); the batch's mean where none is."""
+    visible = (~hidden)[:, None].to(x.dtype)
+    size = 2 * radius + 3
+    window = (1, size, size) if x.dim() == 5 else (size, size)
+    pad = (size // 2,) * 4 + ((0, 0) if x.dim() == 5 else ())
+    pool = F.avg_pool3d if x.dim() == 5 else F.avg_pool2d
+    mode = "reflect" if min(x.shape[-2:]) > size // 2 else "replicate"
+    total = pool(F.pad(x * visible, pad, mode=mode), window, stride=1)
+    count = pool(F.pad(visible.expand_as(x), pad, mode=mode), window, stride=1)
+    fallback = (x * visible).sum() / visible.expand_as(x).sum().clamp_min(1)
+    mean = torch.where(count > 0, total / count.clamp_min(1e-12), fallback)
+    return torch.where(hidden[:, None], mean, x)
+
+
+def hide_blind_spots(x, mask, radius: int, replace) -> torch.Tensor:
+    """The network's training input: ``replace(x, mask)``, the method's own replacement, for independent
+    noise (``radius`` 0). For noise correlated between neighbouring pixels (option ``blind_radius``), the
+    pixels within ``radius`` of each blind spot would give its noise away: they are hidden too, and all
+    hidden pixels take the mean of the visible ones around them. The loss stays on ``mask``."""
+    if radius <= 0:
+        return replace(x, mask)
+    return replace_with_visible_mean(x, widen_blind_spots(mask, radius), radius)
+
+
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the masked positions (all channels)."""
     weights = mask[:, None].to(prediction.dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import Method
-from .masking import replace_with_donut_mean, stratified_mask
+from .masking import hide_blind_spots, replace_with_donut_mean, stratified_mask
 
 
 class Noise2Same(Method):
@@ -21,7 +21,8 @@ class Noise2Same(Method):
     paper = "Xie, Wang & Ji, Noise2Same: Optimizing A Self-Supervised Bound for Image Denoising, NeurIPS 2020"
     preferred_normalization = "meanstd"
     # J: ~0.5 % of pixels, one per box; replaced by N(0, 0.2) noise (or the donut neighbour mean).
-    defaults = {"lambda_inv": 2.0, "mask_fraction": 0.005, "replacement": "gaussian", "replacement_std": 0.2}
+    defaults = {"lambda_inv": 2.0, "mask_fraction": 0.005, "replacement": "gaussian", "replacement_std": 0.2,
+                "blind_radius": 0}
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -30,14 +31,17 @@ class Noise2Same(Method):
 
             raise SelfDenoiseError("n2same option replacement must be 'gaussian' or 'donut'")
 
+    def _replace(self, batch, mask, gen):
+        if self.options["replacement"] == "gaussian":
+            noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
+            return torch.where(mask[:, None], noise * float(self.options["replacement_std"]), batch)
+        return replace_with_donut_mean(batch, mask)
+
     def training_loss(self, net, batch, gen):
         mask = stratified_mask((batch.shape[0], *batch.shape[2:]), float(self.options["mask_fraction"]),
                                gen, batch.device)
-        if self.options["replacement"] == "gaussian":
-            noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
-            masked_input = torch.where(mask[:, None], noise * float(self.options["replacement_std"]), batch)
-        else:
-            masked_input = replace_with_donut_mean(batch, mask)
+        masked_input = hide_blind_spots(batch, mask, self.options["blind_radius"],
+                                        lambda x, m: self._replace(x, m, gen))
         # One forward pass over both inputs: the same cost as two, half the Python overhead.
         both = net(torch.cat([batch, masked_input]))
         full, masked = both[: len(batch)], both[len(batch):]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .base import Method
-from .masking import (masked_mse, replace_with_neighbour_median, replace_with_random_neighbour,
-                      stratified_mask)
+from .masking import (hide_blind_spots, masked_mse, replace_with_neighbour_median,
+                      replace_with_random_neighbour, stratified_mask)
 
 
 class Noise2Void(Method):
@@ -12,7 +12,7 @@ class Noise2Void(Method):
     title = "Noise2Void"
     paper = "Krull, Buchholz & Jug, Noise2Void - Learning Denoising from Single Noisy Images, CVPR 2019"
     # 0.2 % blind spots, replaced from a 5x5 window, as in the paper.
-    defaults = {"mask_fraction": 0.002, "radius": 2}
+    defaults = {"mask_fraction": 0.002, "radius": 2, "blind_radius": 0}
 
     def _mask(self, batch, gen):
         return stratified_mask((batch.shape[0], *batch.shape[2:]), float(self.options["mask_fraction"]),
@@ -23,7 +23,8 @@ class Noise2Void(Method):
 
     def training_loss(self, net, batch, gen):
         mask = self._mask(batch, gen)
-        return masked_mse(net(self._replace(batch, mask, gen)), batch, mask)
+        hidden = hide_blind_spots(batch, mask, self.options["blind_radius"], lambda x, m: self._replace(x, m, gen))
+        return masked_mse(net(hidden), batch, mask)
 
 
 class Noise2Void2(Noise2Void):

@@ -28,7 +28,7 @@ import torch
 from ..errors import SelfDenoiseError
 from ..networks import mixture_std
 from .base import Method
-from .masking import donut_mean, grid_mask
+from .masking import donut_mean, grid_mask, hide_blind_spots
 
 
 class NoiseModelNet(Method):
@@ -39,7 +39,7 @@ class NoiseModelNet(Method):
     outputs = ("denoised", "noise_std")
     finishing = "calibrating the noise model"
     defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32, "noise_lr": 10.0,
-                "structure": False, "calibrate": True}
+                "structure": False, "calibrate": True, "blind_radius": 0}
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -62,10 +62,12 @@ class NoiseModelNet(Method):
                 {"params": list(net.noise.parameters()), "lr": lr * float(self.options["noise_lr"])}]
 
     def training_loss(self, net, batch, gen):
-        low, high = int(self.options["grid_min"]), int(self.options["grid_max"])
+        radius = self.options["blind_radius"]
+        low = max(int(self.options["grid_min"]), 2 * radius + 2)  # hidden squares leave pixels between them
+        high = max(int(self.options["grid_max"]), low)
         spacing = int(torch.randint(low, high + 1, (1,), generator=gen))
         mask = grid_mask((batch.shape[0], *batch.shape[2:]), spacing, gen, batch.device)
-        signal, params = net(torch.where(mask[:, None], direct_neighbour_mean(batch), batch))
+        signal, params = net(hide_blind_spots(batch, mask, radius, replace_with_direct_neighbour_mean))
         head = getattr(net, "module", net).noise  # net may be the DistributedDataParallel wrapper
         return mixture_nll(batch, signal, head.widen_by_structure(params, signal), mask)
 
@@ -76,7 +78,7 @@ class NoiseModelNet(Method):
 
     def finish(self, net, patches, gen):
         """Calibrate the noise head (see the module's text) on ``patches``; returns a note."""
-        return calibrate_noise_head(net, patches, gen)
+        return calibrate_noise_head(net, patches, gen, self.options["blind_radius"])
 
     def predict(self, net, x):
         signal, params = net(x)
@@ -87,6 +89,10 @@ class NoiseModelNet(Method):
             scale = np.asarray(normalization.scale, np.float32).reshape((1, -1) + (1,) * (values.ndim - 2))
             return np.asarray(values, np.float32) * scale
         return normalization.invert(values)
+
+
+def replace_with_direct_neighbour_mean(x, mask):
+    return torch.where(mask[:, None], direct_neighbour_mean(x), x)
 
 
 def direct_neighbour_mean(x: torch.Tensor) -> torch.Tensor:
@@ -112,30 +118,29 @@ CALIBRATION_PIXELS = 32768  # hidden pixels the head is refitted on, drawn to ba
 CALIBRATION_ITERATIONS = 500
 
 
-def blind_spot_signal(net, x, phases):
-    """D-net's prediction of each hidden pixel, for each phase of the calibration grid: (P, B, C, ...)."""
+def blind_spot_signal(net, x, masks, radius: int):
+    """D-net's prediction of each hidden pixel, for each of the (B, ...) ``masks``: (P, B, C, ...)."""
     out = []
-    for phase in phases:
-        mask = phase_mask(x, phase)
-        signal, _ = net(torch.where(mask, direct_neighbour_mean(x), x))
+    for mask in masks:
+        signal, _ = net(hide_blind_spots(x, mask, radius, replace_with_direct_neighbour_mean))
         out.append(signal)
     return torch.stack(out)
 
 
-def phase_mask(x, phase) -> torch.Tensor:
-    """(1, 1, ...) mask of the grid points at ``phase`` (one offset per spatial axis)."""
-    mask = torch.ones((1, 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
+def phase_mask(x, phase, spacing: int) -> torch.Tensor:
+    """(B, ...) mask of the grid points at ``phase`` (one offset per spatial axis)."""
+    mask = torch.ones((1, *x.shape[2:]), dtype=torch.bool, device=x.device)
     for axis, offset in enumerate(phase):
         coord = torch.arange(x.shape[2 + axis], device=x.device)
-        view = [1] * x.dim()
-        view[2 + axis] = x.shape[2 + axis]
-        mask = mask & ((coord - offset) % CALIBRATION_SPACING == 0).reshape(view)
-    return mask
+        view = [1] * (x.dim() - 1)
+        view[1 + axis] = x.shape[2 + axis]
+        mask = mask & ((coord - offset) % spacing == 0).reshape(view)
+    return mask.expand(x.shape[0], *x.shape[2:])
 
 
 def hidden_values(t, mask) -> torch.Tensor:
-    """The values of (B, C, ...) ``t`` at the (1, 1, ...) ``mask``'s pixels, as (N, C)."""
-    return t.movedim(1, -1)[mask[0, 0].expand(t.shape[0], *t.shape[2:])]
+    """The values of (B, C, ...) ``t`` at the (B, ...) ``mask``'s pixels, as (N, C)."""
+    return t.movedim(1, -1)[mask]
 
 
 def sample_mixture(signal, params, gen) -> torch.Tensor:
@@ -175,10 +180,11 @@ def level_balance(signal, bins: int = 32, floor: int = 64) -> torch.Tensor:
     return counts.clamp_min(floor).rsqrt()[index]
 
 
-def calibrate_noise_head(net, patches, gen, chunk: int = 8) -> str:
+def calibrate_noise_head(net, patches, gen, blind_radius: int = 0, chunk: int = 8) -> str:
     """Refit ``net.noise`` to the hidden pixels' residuals with the bootstrap error variance removed."""
     dims = patches.dim() - 2
-    all_phases = torch.cartesian_prod(*[torch.arange(CALIBRATION_SPACING)] * dims).reshape(-1, dims)
+    spacing = max(CALIBRATION_SPACING, 2 * blind_radius + 2)
+    all_phases = torch.cartesian_prod(*[torch.arange(spacing)] * dims).reshape(-1, dims)
     pick = torch.randperm(len(all_phases), generator=gen)[:CALIBRATION_PHASES]
     phases = [tuple(p.tolist()) for p in all_phases[pick]]
     signals, observed, error_variance = [], [], []
@@ -186,11 +192,12 @@ def calibrate_noise_head(net, patches, gen, chunk: int = 8) -> str:
     with torch.no_grad():
         for start in range(0, len(patches), chunk):
             x = patches[start : start + chunk]
-            hidden = blind_spot_signal(net, x, phases)  # (P, B, C, ...)
+            masks = [phase_mask(x, phase, spacing) for phase in phases]
+            hidden = blind_spot_signal(net, x, masks, blind_radius)  # (P, B, C, ...)
             full, params = net(x)
-            error = (blind_spot_signal(net, sample_mixture(full, params, gen), phases) - full) ** 2
-            for p, phase in enumerate(phases):
-                mask = phase_mask(x, phase)
+            resampled = blind_spot_signal(net, sample_mixture(full, params, gen), masks, blind_radius)
+            error = (resampled - full) ** 2
+            for p, mask in enumerate(masks):
                 signals.append(hidden_values(hidden[p], mask))
                 observed.append(hidden_values(x, mask))
                 error_variance.append(hidden_values(error[p], mask))
