@@ -267,3 +267,18 @@ def test_an_empty_shapes_layer_is_a_clear_message(viewer, errors):
     widget.start()
     assert widget.worker is None
     assert any("is empty" in message for message in errors())
+
+
+def test_method_options_show_for_their_methods_and_reach_the_config(viewer):
+    widget = train_widget(viewer)
+    widget.blind_radius.setValue(2)
+    widget.mixture.setValue(2)
+    shown = lambda label: not widget.method_rows[label][1].isHidden()  # noqa: E731
+    for method, expected in (("n2s", {"blind_radius": 2}), ("n2v2", {"blind_radius": 2}),
+                             ("nnet", {"blind_radius": 2, "mixture": 2}),
+                             ("n2same", {"blind_radius": 2, "lambda_inv": 2.0})):
+        choose(widget, method)
+        assert widget.config("YX").method_options == expected
+        assert shown("blind radius") and shown("noise mixture K") == (method == "nnet")
+    choose(widget, "classic")
+    assert not shown("blind radius")

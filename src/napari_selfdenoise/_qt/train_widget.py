@@ -24,8 +24,9 @@ METHOD_TITLES = {
     "nnet": "N-net: denoising + a learned noise model (Ollion et al. 2021)",
     CLASSIC: "Classic filters calibrated by the Noise2Self loss (no training)",
 }
-# Options that only some methods have: (method, option name, label).
-METHOD_OPTIONS = (("n2same", "lambda_inv", "λ invariance"), ("nnet", "mixture", "noise mixture K"))
+# Options that only some methods have: (the methods, option name, label).
+METHOD_OPTIONS = ((("n2same",), "lambda_inv", "λ invariance"), (("nnet",), "mixture", "noise mixture K"),
+                  (("n2s", "n2v", "n2v2", "n2same", "nnet"), "blind_radius", "blind radius"))
 
 
 class TrainWidget(QWidget):
@@ -110,12 +111,16 @@ class TrainWidget(QWidget):
                                         step=0.05)
         self.lambda_inv = _float_spin(0.0, 100.0, 2.0, 2, "Noise2Same: weight of the invariance term", step=0.5)
         self.mixture = _spin(1, 3, 1, "N-net: Gaussians in the noise model (2-3 for skewed real noise)")
+        self.blind_radius = _spin(0, 4, 0, "Pixels hidden around each blind spot. 0 for a camera's independent "
+                                  "pixel noise; 1-2 when neighbouring pixels share noise (resampled, demosaiced "
+                                  "or binned images: the result then still looks noisy with 0)")
         self.tta = QCheckBox("8x test-time augmentation for the result")
         self.method_rows = {}
         for label, widget in (("patch", self.patch), ("batch", self.batch), ("learning rate", self.lr),
                               ("seed", self.seed), ("depth", self.depth), ("features", self.features),
                               ("validation", self.val_fraction), ("λ invariance", self.lambda_inv),
-                              ("noise mixture K", self.mixture), ("", self.tta)):
+                              ("noise mixture K", self.mixture), ("blind radius", self.blind_radius),
+                              ("", self.tta)):
             advanced_form.addRow(label, widget)
             self.method_rows[label] = (advanced_form.labelForField(widget), widget)
         self.advanced.addWidget(advanced)
@@ -188,9 +193,9 @@ class TrainWidget(QWidget):
     def _method_changed(self, *_) -> None:
         method = self.method
         self.method_help.setText(METHOD_TITLES[method])
-        for owner, _, label in METHOD_OPTIONS:
+        for owners, _, label in METHOD_OPTIONS:
             for widget in self.method_rows[label]:
-                widget.setVisible(owner == method)
+                widget.setVisible(method in owners)
         trains = method != CLASSIC
         for widget in (self.steps, self.minutes, self.device_picker, self.region_picker, self.advanced):
             widget.setEnabled(trains)
@@ -240,8 +245,8 @@ class TrainWidget(QWidget):
         """The widget's settings as the engine's one configuration object."""
         from ..core.config import TrainConfig
 
-        options = {option: getattr(self, option).value() for owner, option, _ in METHOD_OPTIONS
-                   if owner == self.method}
+        options = {option: getattr(self, option).value() for owners, option, _ in METHOD_OPTIONS
+                   if self.method in owners}
         device = self.device_picker.currentText()
         return TrainConfig(
             method=self.method, axes=axes, steps=self.steps.value(),
