@@ -109,6 +109,8 @@ def train(method, image, axes, args, steps, mixture=None):
         options["noise_lr"] = args.noise_lr
     if method == "nnet" and args.structure is not None:
         options["structure"] = args.structure == "on"
+    if method == "nnet" and args.calibrate is not None:
+        options["calibrate"] = args.calibrate == "on"
     model = Denoiser(method, axes, steps=steps, time_limit=args.minutes * 60 if args.minutes else None,
                      batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
                      seed=args.seed, device=args.device, curve_every=0, method_options=options)
@@ -284,6 +286,8 @@ def main():
     parser.add_argument("--minutes", type=float, default=None, help="wall-time cap per training")
     parser.add_argument("--noise-lr", type=float, default=None,
                         help="nnet option noise_lr (learning-rate factor of the noise head; default: the method's)")
+    parser.add_argument("--calibrate", choices=("on", "off"), default=None,
+                        help="N-net's noise calibration when training ends (default: the method's, on)")
     parser.add_argument("--structure", choices=("on", "off"), default=None,
                         help="N-net's blind-spot error term during training (default: the method's)")
     parser.add_argument("--real", default=",".join(FMD))
@@ -299,7 +303,8 @@ def main():
         print(plot(json.loads(args.replot.read_text()), Path(args.plot)))
         return
     torch.set_num_threads(args.threads)
-    settings = ("signals", "noises", "smooth", "steps", "method_steps", "minutes", "noise_lr", "real", "real_steps",
+    settings = ("signals", "noises", "smooth", "steps", "method_steps", "minutes", "noise_lr", "structure",
+                "calibrate", "real", "real_steps",
                 "holdout", "bins",
                 "batch", "patch", "lr", "depth", "features", "seed")
     results = {"benchmark": "B3 noise-model recovery", "machine": machine(), "signal_range": SIGNAL_RANGE,
