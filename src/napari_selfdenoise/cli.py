@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axes", help="axes of the input (default: from the file)")
     p.add_argument("--denoisers", metavar="NAMES", help=f"comma-separated, from: {from_names} (default all)")
     p.add_argument("--report", metavar="REPORT.json", help="write the chosen filter and loss curves as JSON")
+    p.add_argument("--blind-radius", type=int, default=0, metavar="N",
+                   help="also hide the pixels within N of each J pixel in the loss (0-4; 1-2 for noise shared "
+                        "by neighbouring pixels: resampled, demosaiced or binned images; slower)")
     p.set_defaults(func=cmd_calibrate)
 
     # ---- demo
@@ -764,7 +767,8 @@ def cmd_calibrate(args) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        denoised, result = calibrate_and_denoise(image.data, image.axes, denoisers=denoisers, progress=progress)
+        denoised, result = calibrate_and_denoise(image.data, image.axes, denoisers=denoisers, progress=progress,
+                                                 blind_radius=args.blind_radius)
     write_image(target, denoised.astype("float32", copy=False), image.axes, image.scale, image.units)
     if report is not None:
         _write_json(report, {"input": str(args.input), "output": str(target), "axes": image.axes,

@@ -161,3 +161,46 @@ def test_bad_input_raises_a_user_error():
         calibrate(x, "YX", grid=1)
     with pytest.raises(SelfDenoiseError, match="axes"):
         calibrate(x, "ZYX")
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("shape, pixels", [((40, 40), [(17, 13), (0, 39)]), ((5, 24, 24), [(2, 11, 7)])])
+def test_blind_radius_output_ignores_the_square_around_the_pixel(shape, pixels, radius):
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    blur = functools.partial(ndi.gaussian_filter, sigma=1.0)
+    before = invariant_denoise(x, blur, blind_radius=radius)
+    for p in pixels:
+        *z, y, xx = p
+        for dy, dx in ((0, 0), (radius, 0), (-radius, radius), (0, -radius)):
+            q = (*z, min(max(y + dy, 0), shape[-2] - 1), min(max(xx + dx, 0), shape[-1] - 1))
+            changed = x.copy()
+            changed[q] += 5.0
+            assert invariant_denoise(changed, blur, blind_radius=radius)[p] == before[p], (p, q)
+        changed = x.copy()
+        changed[(*z, min(y + radius + 1, shape[-2] - 1) if y + radius + 1 < shape[-2] else y - radius - 1, xx)] += 5.0
+        assert invariant_denoise(changed, blur, blind_radius=radius)[p] != before[p]  # just outside: seen
+
+
+def test_blind_radius_keeps_the_loss_honest_on_noise_shared_by_neighbours():
+    """Noise blurred over about a pixel (as resampling makes it). Noise2Self's guarantee, loss = true error
+    of the J-invariant version + noise variance, fails with the plain loss (the neighbours give the noise
+    away) and holds again with blind_radius=2."""
+    clean = smooth_image((160, 160), seed=2)
+    white = np.random.default_rng(3).normal(0, 1, clean.shape)
+    shared = ndi.gaussian_filter(white, 0.6)  # neighbour correlation 0.5, 0.06 at 2 pixels
+    noisy = (clean + 0.1 * shared / shared.std()).astype(np.float32)
+    noise_var = np.mean((noisy - clean) ** 2)
+    for sigma in (0.5, 1.5, 3.0):
+        fn = functools.partial(ndi.gaussian_filter, sigma=sigma)
+        gaps = {}
+        for radius in (0, 2):
+            true_error = np.mean((invariant_denoise(noisy, fn, blind_radius=radius) - clean) ** 2)
+            gaps[radius] = self_supervised_loss(noisy, fn, blind_radius=radius) / (true_error + noise_var) - 1
+        assert gaps[0] < -0.05, f"sigma {sigma}: the plain loss should be fooled ({gaps})"
+        assert abs(gaps[2]) < 0.03, f"sigma {sigma}: with blind_radius=2 the loss is off by {gaps[2]:.1%}"
+
+
+def test_blind_radius_must_be_a_small_whole_number():
+    for bad in (-1, 0.5, 7, True):
+        with pytest.raises(SelfDenoiseError, match="blind_radius"):
+            calibrate(add_noise(smooth_image((32, 32))), "YX", denoisers=("gaussian",), blind_radius=bad)

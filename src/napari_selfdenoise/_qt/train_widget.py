@@ -26,7 +26,7 @@ METHOD_TITLES = {
 }
 # Options that only some methods have: (the methods, option name, label).
 METHOD_OPTIONS = ((("n2same",), "lambda_inv", "λ invariance"), (("nnet",), "mixture", "noise mixture K"),
-                  (("n2s", "n2v", "n2v2", "n2same", "nnet"), "blind_radius", "blind radius"))
+                  (("n2s", "n2v", "n2v2", "n2same", "nnet", "classic"), "blind_radius", "blind radius"))
 
 
 class TrainWidget(QWidget):
@@ -197,7 +197,9 @@ class TrainWidget(QWidget):
             for widget in self.method_rows[label]:
                 widget.setVisible(method in owners)
         trains = method != CLASSIC
-        for widget in (self.steps, self.minutes, self.device_picker, self.region_picker, self.advanced):
+        # The classic filters are calibrated, not trained: only the blind radius of the advanced options applies.
+        for widget in (self.steps, self.minutes, self.device_picker, self.region_picker, self.patch, self.batch,
+                       self.lr, self.seed, self.depth, self.features, self.val_fraction, self.tta):
             widget.setEnabled(trains)
         for widget in (self.start_button, self.start_clear):
             widget.setEnabled(trains)
@@ -284,7 +286,8 @@ class TrainWidget(QWidget):
                "preview_layer": None}
         if self.method == CLASSIC:
             self.denoiser = None
-            return on_array(layer.data, lambda image: classic_job(image, axes)), run
+            radius = self.blind_radius.value()
+            return on_array(layer.data, lambda image: classic_job(image, axes, blind_radius=radius)), run
         from ..core.denoiser import Denoiser
 
         if self.start_from is not None:

@@ -192,8 +192,12 @@ def _phases(shape: tuple[int, ...], grid: int) -> list[tuple[slice, ...]]:
     ]
 
 
-def _invariant_outputs(x: np.ndarray, denoise_fn: DenoiseFn, phases):
+def _invariant_outputs(x: np.ndarray, denoise_fn: DenoiseFn, phases, blind_radius: int = 0):
     """Yield (phase, J-invariant output on that phase)."""
+    if blind_radius > 0:
+        for phase in phases:
+            yield phase, np.asarray(denoise_fn(_hide_squares(x, phase, blind_radius)))[phase]
+        return
     # Every neighbour of a J pixel lies outside J (grid >= 2; "mirror" edges reflect to the
     # pixel one step inside, never onto the pixel itself), so one convolution serves all phases.
     interpolated = ndi.convolve(x, _donut_kernel(x.ndim), mode="mirror")
@@ -203,32 +207,63 @@ def _invariant_outputs(x: np.ndarray, denoise_fn: DenoiseFn, phases):
         yield phase, np.asarray(denoise_fn(masked))[phase]
 
 
+def _hide_squares(x: np.ndarray, phase, radius: int) -> np.ndarray:
+    """``x`` with the Y-X square of ``radius`` around each pixel of ``phase`` replaced by the mean of the
+    visible pixels of a window 2 radius + 3 wide (``masking.replace_with_visible_mean`` in numpy)."""
+    hidden = np.zeros(x.shape, bool)
+    hidden[phase] = True
+    square = (1,) * (x.ndim - 2) + (2 * radius + 1,) * 2
+    hidden = ndi.maximum_filter(hidden, size=square, mode="constant")
+    visible = (~hidden).astype(np.float32)
+    window = (1,) * (x.ndim - 2) + (2 * radius + 3,) * 2
+    total = ndi.uniform_filter(x * visible, size=window, mode="mirror")
+    count = ndi.uniform_filter(visible, size=window, mode="mirror")
+    mean = np.where(count > 1e-6, total / np.maximum(count, 1e-6), float((x * visible).sum() / visible.sum()))
+    return np.where(hidden, mean, x).astype(np.float32)
+
+
+def grid_for(grid: int, blind_radius: int) -> int:
+    """The grid of J: wide enough that the hidden squares of ``blind_radius`` leave pixels between them."""
+    return max(_check_grid(grid), 2 * blind_radius + 2)
+
+
+def _check_blind_radius(radius) -> int:
+    if isinstance(radius, bool) or int(radius) != radius or not 0 <= radius <= 4:
+        raise SelfDenoiseError(f"blind_radius must be a whole number of pixels from 0 to 4, not {radius!r}")
+    return int(radius)
+
+
 def _check_grid(grid: int) -> int:
     if int(grid) != grid or grid < 2:
         raise SelfDenoiseError(f"grid must be an integer of at least 2, not {grid!r}")
     return int(grid)
 
 
-def invariant_denoise(image: np.ndarray, denoise_fn: DenoiseFn, grid: int = 4) -> np.ndarray:
+def invariant_denoise(image: np.ndarray, denoise_fn: DenoiseFn, grid: int = 4,
+                      blind_radius: int = 0) -> np.ndarray:
     """The J-invariant version of ``denoise_fn`` on a 2D or 3D image (float32, same shape)."""
     x = np.asarray(image, dtype=np.float32)
     out = np.empty_like(x)
-    for phase, values in _invariant_outputs(x, denoise_fn, _phases(x.shape, _check_grid(grid))):
+    phases = _phases(x.shape, grid_for(grid, blind_radius))
+    for phase, values in _invariant_outputs(x, denoise_fn, phases, blind_radius):
         out[phase] = values
     return out
 
 
 def self_supervised_loss(
-    image: np.ndarray, denoise_fn: DenoiseFn, grid: int = 4, max_phases: int | None = None
+    image: np.ndarray, denoise_fn: DenoiseFn, grid: int = 4, max_phases: int | None = None,
+    blind_radius: int = 0,
 ) -> float:
-    """``mean((f_inv(x) - x)**2)``; ``max_phases`` evaluates a fixed random subset of phases."""
+    """``mean((f_inv(x) - x)**2)``; ``max_phases`` evaluates a fixed random subset of phases.
+    ``blind_radius`` > 0 hides the Y-X square of that radius around each J pixel too, so that noise
+    correlated between neighbouring pixels cannot leak into the prediction of J (option blind_radius)."""
     x = np.asarray(image, dtype=np.float32)
-    phases = _phases(x.shape, _check_grid(grid))
+    phases = _phases(x.shape, grid_for(grid, blind_radius))
     if max_phases is not None and max_phases < len(phases):
         picks = np.random.default_rng(0).choice(len(phases), size=max_phases, replace=False)
         phases = [phases[i] for i in sorted(picks)]
     total, count = 0.0, 0
-    for phase, values in _invariant_outputs(x, denoise_fn, phases):
+    for phase, values in _invariant_outputs(x, denoise_fn, phases, blind_radius):
         total += float(np.sum((values.astype(np.float64) - x[phase]) ** 2))
         count += values.size
     return total / count
@@ -312,13 +347,16 @@ def calibrate(
     denoisers: Sequence[str] | Mapping[str, Sequence[float]] = DEFAULT_DENOISERS,
     grid: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    blind_radius: int = 0,
 ) -> CalibrationResult:
     """Pick the (denoiser, parameter) with the lowest self-supervised loss.
 
     ``denoisers`` is a list of names (each with its default grid) or a mapping from name to
     the parameter values to try. ``progress(done, total)`` is called after each evaluation.
+    ``blind_radius`` (pixels) is for noise correlated between neighbouring pixels (see
+    ``self_supervised_loss``); with it the loss is slower (one pass per J phase for every denoiser).
     """
-    return drain(calibration_steps(image, axes, denoisers, grid), progress)
+    return drain(calibration_steps(image, axes, denoisers, grid, blind_radius), progress)
 
 
 def calibration_steps(
@@ -326,9 +364,11 @@ def calibration_steps(
     axes: str = "YX",
     denoisers: Sequence[str] | Mapping[str, Sequence[float]] = DEFAULT_DENOISERS,
     grid: int = 4,
+    blind_radius: int = 0,
 ):
     """``calibrate`` as a generator of (evaluations done, total) that returns the ``CalibrationResult``."""
     grid = _check_grid(grid)
+    blind_radius = _check_blind_radius(blind_radius)
     if isinstance(denoisers, str):
         denoisers = (denoisers,)
     specs = {name: _get(name) for name in denoisers}  # fail on a bad name before any work
@@ -338,6 +378,8 @@ def calibration_steps(
     crops = _loss_crops(canonical)
     ndim = crops[0].ndim
     sigma = float(np.median([_noise_sigma(c) for c in crops]))
+    # Noise shared by neighbours mostly escapes the pixel-to-pixel (Laplacian) estimate: widen the grids.
+    sigma *= 1 + blind_radius
 
     plan = []
     for name, spec in specs.items():
@@ -350,10 +392,10 @@ def calibration_steps(
     losses: dict[str, list[tuple[float, float]]] = {}
     for done, (name, spec, value) in enumerate(plan, start=1):
         fn = _bind(spec.apply, value)
-        if spec.invariant:  # no masking needed: the plain residual is the J-invariant loss
+        if spec.invariant and not blind_radius:  # the plain residual is the J-invariant loss
             loss = np.mean([np.mean((fn(c).astype(np.float64) - c) ** 2) for c in crops])
         else:
-            loss = np.mean([self_supervised_loss(c, fn, grid, max_phases) for c in crops])
+            loss = np.mean([self_supervised_loss(c, fn, grid, max_phases, blind_radius) for c in crops])
         losses.setdefault(name, []).append((value, float(loss)))
         yield done, len(plan)
 
@@ -370,6 +412,7 @@ def denoise_classic(
     parameter: float,
     normalization: Normalization | Mapping | None = None,
     invariant: bool = False,
+    blind_radius: int = 0,
 ) -> np.ndarray:
     """Apply one classic denoiser per sample and channel; float32 in the input's units.
 
@@ -386,7 +429,7 @@ def denoise_classic(
     layout, canonical, normalization = _prepare(image, axes, normalization)
     fn = _bind(spec.apply, parameter)
     if invariant and not spec.invariant:
-        fn = functools.partial(invariant_denoise, denoise_fn=fn)
+        fn = functools.partial(invariant_denoise, denoise_fn=fn, blind_radius=_check_blind_radius(blind_radius))
     out = np.empty(canonical.shape, np.float32)
     for i, ch in np.ndindex(*canonical.shape[:2]):
         out[i, ch] = fn(canonical[i, ch])
@@ -396,5 +439,6 @@ def denoise_classic(
 def calibrate_and_denoise(image: np.ndarray, axes: str = "YX", invariant: bool = False, **kw):
     """``calibrate`` then ``denoise_classic`` with the winner; returns (denoised, result)."""
     result = calibrate(image, axes, **kw)
-    out = denoise_classic(image, axes, result.denoiser, result.parameter, invariant=invariant)
+    out = denoise_classic(image, axes, result.denoiser, result.parameter, invariant=invariant,
+                          blind_radius=kw.get("blind_radius", 0))
     return out, result

@@ -107,13 +107,14 @@ def train_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | 
     return JobResult(outputs, stopped=bool(last is not None and last.stopped))
 
 
-def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = None):
+def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = None, blind_radius: int = 0):
     """Calibrate the classic denoisers with the self-supervised loss, then apply the winner."""
     from .classic import DEFAULT_DENOISERS, calibration_steps, denoise_classic
     from .noise import noise_curve
 
     image = np.asarray(image)  # the classic filters work in memory
-    result = yield from staged("calibrating", calibration_steps(image, axes, denoisers or DEFAULT_DENOISERS))
+    result = yield from staged("calibrating", calibration_steps(image, axes, denoisers or DEFAULT_DENOISERS,
+                                                                    blind_radius=blind_radius))
     yield Stage("denoising", 0, 1)
     denoised = denoise_classic(image, axes, result.denoiser, result.parameter)
     return JobResult({"denoised": denoised},
