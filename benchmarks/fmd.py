@@ -59,11 +59,12 @@ def run_neural(spec, args, noisy, clean, axes):
     return result
 
 
-def run_classic(noisy, clean, axes):
+def run_classic(spec, noisy, clean, axes):
     from napari_selfdenoise.core.classic import calibrate_and_denoise
 
+    _, options = method_and_options(spec)  # classic:blind_radius=2
     start = time.perf_counter()
-    denoised, chosen = calibrate_and_denoise(noisy, axes=axes)
+    denoised, chosen = calibrate_and_denoise(noisy, axes=axes, **options)
     result = scores(clean, denoised)
     result.update({"seconds": round(time.perf_counter() - start, 1),
                    "chosen": f"{chosen.denoiser}({chosen.parameter_name}={chosen.parameter:.3g})"})
@@ -91,7 +92,7 @@ def main():
         print(f"{name}: input {entry['input']['psnr']:.2f} dB ({entry['input']['psnr_affine']:.2f} affine)",
               flush=True)
         for method in args.methods.split(","):
-            entry["methods"][method] = (run_classic(noisy, clean, axes) if method == "classic"
+            entry["methods"][method] = (run_classic(method, noisy, clean, axes) if method.startswith("classic")
                                         else run_neural(method, args, noisy, clean, axes))
             r = entry["methods"][method]
             print(f"  {method}: {r['psnr']:.2f} dB ({r['psnr_affine']:.2f} affine), "
