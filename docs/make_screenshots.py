@@ -39,7 +39,7 @@ def main():
     widget.image_picker.setCurrentText("cells 2D (noisy)")
     widget.method_picker.setCurrentIndex(widget.method_picker.findData("nnet"))
     widget.steps.setValue(args.steps)
-    viewer.camera.zoom *= 1.0
+    viewer.scene.camera.zoom *= 1.0
     pump(app, 1)
     widget.train_button.click()
     shot = False
