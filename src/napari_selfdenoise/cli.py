@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option mask_fraction=0.01 (repeatable; values are JSON "
-                        "when they parse as JSON)")
+                        "when they parse as JSON). Every neural method has blind_radius=N (0-4): hide the "
+                        "pixels within N of each blind spot, for noise shared by neighbouring pixels; nnet "
+                        "has calibrate=false to keep the jointly trained noise model")
     p.add_argument("--mixture", type=int, metavar="K",
                    help="nnet: noise model as a mixture of K Gaussians (1-3; 1 = a single Gaussian)")
     p.set_defaults(func=cmd_train)
@@ -421,21 +423,22 @@ def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
     with tqdm(total=total, desc=desc, unit="s" if by_time else "step", file=sys.stderr, disable=quiet,
               dynamic_ncols=True, bar_format=fmt, leave=True) as bar:
         for event in model.train(images):
-            if "stage" in event.extra:  # a finishing step after the last step (N-net's calibration)
-                bar.set_postfix_str(f"{event.extra['stage']}...")
-                continue
-            last = event
-            if event.val_loss is not None:
-                val = event.val_loss
-            postfix = {"loss": _loss(event.train_loss)}
-            if val is not None:
-                postfix["val"] = _loss(val)
-            if by_time:
-                postfix["step"] = event.step
-            bar.set_postfix(postfix, refresh=False)
+            stage = event.extra.get("stage")  # a finishing step after the last step (N-net's calibration)
+            if stage is None:
+                last = event
+                if event.val_loss is not None:
+                    val = event.val_loss
+                postfix = {"loss": _loss(event.train_loss)}
+                if val is not None:
+                    postfix["val"] = _loss(val)
+                if by_time:
+                    postfix["step"] = event.step
+                bar.set_postfix(postfix, refresh=False)
+            else:
+                bar.set_postfix_str(f"{stage}...", refresh=False)
             position = min(event.elapsed - start, total) if by_time else event.step - first_step
             bar.update(position - bar.n)  # redraws at most every 0.1 s
-            if event.done:
+            if event.done or stage:
                 bar.refresh()
     return last
 
