@@ -280,5 +280,6 @@ def test_method_options_show_for_their_methods_and_reach_the_config(viewer):
         choose(widget, method)
         assert widget.config("YX").method_options == expected
         assert shown("blind radius") and shown("noise mixture K") == (method == "nnet")
-    choose(widget, "classic")
-    assert not shown("blind radius")
+    choose(widget, "classic")  # calibrated, not trained: only the blind radius applies
+    assert shown("blind radius") and not shown("noise mixture K") and not shown("λ invariance")
+    assert widget.blind_radius.isEnabled() and not widget.patch.isEnabled() and not widget.steps.isEnabled()
