@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (one input; .ome.tif, .npy or .ome.zarr) or folder (several inputs: "
                         "<name>_denoised.ome.tif, or .ome.zarr with --workers/--dask-scheduler)")
     p.add_argument("--axes", help="axes of the inputs (default: from the file, else the model's)")
-    p.add_argument("--tile", type=int, help="tile size in Y and X (default 512; smaller uses less memory)")
+    p.add_argument("--tile", type=int, help="tile size in Y and X (default 512 on a GPU, 256 on the CPU for "
+                                             "networks of depth <= 2; smaller uses less memory)")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower, a bit better)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default 4)")
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass (default 4 on a GPU, 1 on the CPU)")
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
     p.add_argument("--noise-std", metavar="STD_OUTPUT",
                    help="also write the predicted noise standard deviation (models with a noise_std output)")
@@ -585,7 +586,7 @@ def cmd_predict(args) -> int:
         validate_axes(args.axes)
     if args.tile is not None and args.tile < 1:
         raise SelfDenoiseError("--tile must be a positive number of pixels")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise SelfDenoiseError("--batch-size must be a positive integer")
     if args.workers is not None and args.dask_scheduler:
         raise SelfDenoiseError("give --workers (a local cluster) or --dask-scheduler (a running one), not both")

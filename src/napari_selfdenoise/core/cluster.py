@@ -56,7 +56,7 @@ def connect(scheduler: str | None = None, workers: int | None = None):
 
 
 def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: bool = False, tile=None,
-                        tta: bool = False, batch_size: int = 4, device: str | None = None, block=None):
+                        tta: bool = False, batch_size: int | None = None, device: str | None = None, block=None):
     """A step generator: predict every job's blocks on the cluster; yields (blocks done, blocks) and
     returns the paths written."""
     from distributed import as_completed

@@ -160,7 +160,7 @@ class Denoiser:
         return self.predict_outputs(image, axes, **kwargs)["denoised"]
 
     def predict_outputs(self, image, axes: str | None = None, *, tile=None, tta: bool = False,
-                        batch_size: int = 4, device: str | None = None,
+                        batch_size: int | None = None, device: str | None = None,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """Every output of the method (``denoised``, and e.g. ``noise_std``), each shaped like the input.
 
@@ -171,7 +171,7 @@ class Denoiser:
                      progress)
 
     def predict_steps(self, image, axes: str | None = None, *, tile=None, tta: bool = False,
-                      batch_size: int = 4, device: str | None = None):
+                      batch_size: int | None = None, device: str | None = None):
         """``predict_outputs`` as a generator of (tiles done, total) returning the outputs dict.
 
         During training (e.g. a live preview between steps) it uses the network where it is, as it is.
@@ -192,7 +192,7 @@ class Denoiser:
         return {name: np.ascontiguousarray(layout.from_canonical(stacked[:, k * c : (k + 1) * c]))
                 for k, name in enumerate(self.method.outputs)}
 
-    def predictor(self, *, tile=None, tta: bool = False, batch_size: int = 4, device: str | None = None
+    def predictor(self, *, tile=None, tta: bool = False, batch_size: int | None = None, device: str | None = None
                   ) -> TiledPredictor:
         """The tiled predictor, with the network moved to its device (the training device while
         training; callers other than ``predict_steps`` move it back with ``self.network.to('cpu')``)."""

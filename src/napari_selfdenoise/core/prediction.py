@@ -17,6 +17,10 @@ from .networks import receptive_radius
 from .steps import drain
 
 DEFAULT_TILE_2D = 512
+# The CPU is cache-bound on big tiles and batches: one 256^2 tile per pass ran 2048^2 in 28 s against
+# 39 s for batches of four 512^2 tiles (BENCHMARKS.md, B4), when the overlap stays a small part of the tile.
+CPU_TILES_2D = (256, 512)
+DEFAULT_BATCH_SIZE = 4  # tiles per forward pass on a GPU; 1 on the CPU
 DEFAULT_TILE_3D = (64, 128, 128)
 _WEIGHT_FLOOR = 1e-6  # keeps the weight sum positive where only contaminated pixels exist (tiny tiles)
 
@@ -63,7 +67,7 @@ def _undo(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 
 
 class TiledPredictor:
-    def __init__(self, method, network, depth: int, device: torch.device, tile=None, batch_size: int = 4,
+    def __init__(self, method, network, depth: int, device: torch.device, tile=None, batch_size: int | None = None,
                  tta: bool = False, overlap: int | None = None):
         self.method, self.network, self.device = method, network, device
         self.multiple = 2**depth
@@ -72,6 +76,8 @@ class TiledPredictor:
         self.margin = _round_up(receptive_radius(depth), self.multiple)
         self.blend = self.multiple * 4
         self.overlap = overlap
+        if batch_size is None:
+            batch_size = 1 if device.type == "cpu" else DEFAULT_BATCH_SIZE
         self.tile, self.batch_size, self.tta = tile, max(1, batch_size), tta
         self.memory_format = torch.channels_last if device.type == "cpu" and network.dims == 2 \
             else torch.contiguous_format
@@ -79,11 +85,17 @@ class TiledPredictor:
     def _tile_shape(self, padded: tuple[int, ...], multiples: tuple[int, ...]) -> tuple[int, ...]:
         tile = self.tile
         if tile is None:
-            tile = DEFAULT_TILE_2D if len(padded) == 2 else DEFAULT_TILE_3D
+            tile = self._default_tile_2d() if len(padded) == 2 else DEFAULT_TILE_3D
         if np.isscalar(tile):
             tile = (min(int(tile), 64) if len(padded) == 3 else int(tile),) * (len(padded) - 2) + (int(tile),) * 2
         tile = tuple(tile)[-len(padded):]
         return tuple(min(_round_up(t, m), p) for t, p, m in zip(tile, padded, multiples))
+
+    def _default_tile_2d(self) -> int:
+        if self.device.type != "cpu":
+            return DEFAULT_TILE_2D
+        overlap = self.overlap if self.overlap is not None else 2 * self.margin + self.blend
+        return next((t for t in CPU_TILES_2D if overlap <= t * 3 // 8), DEFAULT_TILE_2D)
 
     def _axis_plan(self, size: int, tile: int, multiple: int):
         overlap = self.overlap if self.overlap is not None else 2 * self.margin + self.blend

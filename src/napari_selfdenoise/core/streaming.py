@@ -361,7 +361,7 @@ def finish(sinks: dict, overwrite: bool) -> list[Path]:
 
 
 def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: bool = False, scale=None,
-                    units=None, tile=None, tta: bool = False, batch_size: int = 4, device: str | None = None,
+                    units=None, tile=None, tta: bool = False, batch_size: int | None = None, device: str | None = None,
                     block=None):
     """A step generator: predicts ``image`` block by block into ``targets`` ({output name: path}),
     yields (blocks done, blocks) and returns the paths written."""
