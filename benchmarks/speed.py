@@ -60,16 +60,17 @@ def _step_flops(model) -> float:
     return counter.get_total_flops()
 
 
-def prediction_speed(shape, axes: str, dims_model: int, tta: bool, device: str, tile=None) -> dict:
+def prediction_speed(shape, axes: str, dims_model: int, tta: bool, device: str, tile=None, batch_size=None) -> dict:
     model = Denoiser("n2v2", "ZYX" if dims_model == 3 else "YX", steps=1, patch=32, patch_z=8, batch=2,
                      val_fraction=0.0, device=device)
     small = np.random.default_rng(0).random((16, 64, 64) if dims_model == 3 else (64, 64), dtype=np.float32)
     model.fit(small)
     image = np.random.default_rng(1).random(shape, dtype=np.float32)
     start = time.perf_counter()
-    model.predict(image, axes=axes, tta=tta, tile=tile)
+    model.predict(image, axes=axes, tta=tta, tile=tile, batch_size=batch_size)
     seconds = time.perf_counter() - start
     return {"shape": list(shape), "axes": axes, "model": f"{dims_model}D", "tta": tta,
+            "tile": tile or "default", "batch_size": batch_size or "default",
             "seconds": round(seconds, 2), "megapixels_per_second": round(image.size / seconds / 1e6, 3)}
 
 
@@ -78,13 +79,17 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--volume-z", type=int, default=64)
     parser.add_argument("--skip-3d-model", action="store_true")
+    parser.add_argument("--prediction-only", action="store_true", help="skip the training measurements")
+    parser.add_argument("--only-2d-prediction", action="store_true", help="only the plain 2048^2 prediction run")
+    parser.add_argument("--tile", type=int, default=None, help="prediction tile (default: the predictor's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per pass (default: the predictor's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {"benchmark": "B4 speed", "machine": machine()}
     peak = matmul_peak(args.device)
     results["matmul_peak_gflops"] = round(peak / 1e9, 1)
     results["training"] = {}
-    for method in method_names(include_classic=False):
+    for method in [] if args.prediction_only else method_names(include_classic=False):
         r = training_speed(method, args.steps, args.device)
         r["utilisation_percent"] = round(100 * r["achieved_gflops"] * 1e9 / peak, 1)
         results["training"][method] = r
@@ -93,9 +98,11 @@ def main():
             ((args.volume_z, 512, 512), "SYX", 2, False), ((args.volume_z, 512, 512), "SYX", 2, True)]
     if not args.skip_3d_model:
         runs += [((args.volume_z, 512, 512), "ZYX", 3, False)]
+    if args.only_2d_prediction:
+        runs = runs[:1]
     results["prediction"] = []
     for shape, axes, dims, tta in runs:
-        r = prediction_speed(shape, axes, dims, tta, args.device)
+        r = prediction_speed(shape, axes, dims, tta, args.device, args.tile, args.batch_size)
         results["prediction"].append(r)
         print(r, flush=True)
     save(results, args.out)
