@@ -180,7 +180,13 @@ def heldout_nll(model, image, axes, first_row, spacing=4, margin=32):
     NLL scores the probability mass the model gives the observed integer grey level, P(v - 0.5 < x < v + 0.5):
     the right score for 8-bit data, where a density can grow without bound on a spike of identical values
     (FMD raw images have 30-65 % of the held-out pixels at one or two offset values).
+
+    A calibrated N-net (the default) describes the noise alone; the hidden pixel's predictive distribution
+    is that noise widened by the blind-spot prediction's own error, estimated here as in the calibration
+    (one bootstrap draw per phase, averaged per signal level). An uncalibrated head already includes it.
     """
+    from napari_selfdenoise.core.methods.nnet import mean_by_level, sample_mixture
+
     x = canonical(image.astype(np.float32), axes)
     start = max(0, first_row - margin)
     x = model.normalization.apply(x[:, :, start:])
@@ -190,24 +196,43 @@ def heldout_nll(model, image, axes, first_row, spacing=4, margin=32):
     evaluated[first_row - start:] = True
     scale = torch.tensor(model.normalization.scale, dtype=torch.float64).reshape(1, -1, 1, 1, 1)
     net = model.network.eval()
-    density, discrete, count = 0.0, 0.0, 0
+    widen = bool(model.method.options.get("calibrate", False))
+    gen = torch.Generator().manual_seed(7)
+    parts = []  # per phase: (mask, signal, params, bootstrap error^2)
     with torch.no_grad():
+        full, full_params = net(x)
+        resampled_input = sample_mixture(full, full_params, gen)
         for py in range(spacing):
             for px in range(spacing):
                 mask = torch.zeros(x.shape[2:], dtype=torch.bool)
                 mask[py::spacing, px::spacing] = True
                 mask = (mask & evaluated)[None]
                 signal, params = net(torch.where(mask[:, None], direct_neighbour_mean(x), x))
-                n = int(mask.sum()) * x.shape[1]
-                density += float(mixture_nll(x, signal, params, mask)) * n
-                weights, offsets, sigmas = (p.double() for p in params)
-                centre = (x.double() - signal.double()).unsqueeze(2) - offsets  # (B, C, K, Y, X), normalised
-                half = 0.5 / scale  # half a grey level in normalised units
-                mass = (weights * (torch.special.ndtr((centre + half) / sigmas)
-                                   - torch.special.ndtr((centre - half) / sigmas))).sum(dim=2)
-                nll = -torch.log(mass.clamp_min(1e-300))
-                discrete += float(nll[mask[:, None].expand_as(nll)].sum())
-                count += n
+                resampled, _ = net(torch.where(mask[:, None], direct_neighbour_mean(resampled_input),
+                                               resampled_input))
+                parts.append((mask, signal, params, (resampled - full) ** 2))
+    # The error variance per channel and signal level, over the hidden pixels of all phases: (C, N).
+    hidden_signal = torch.cat([s[0][:, m[0]] for m, s, _, _ in parts], dim=1)
+    hidden_error = torch.cat([e[0][:, m[0]] for m, _, _, e in parts], dim=1)
+    level_error = mean_by_level(hidden_error[None], hidden_signal[None])[0]
+    density, discrete, count, offset = 0.0, 0.0, 0, 0
+    for mask, signal, params, _ in parts:
+        hidden = int(mask.sum())
+        n = hidden * x.shape[1]
+        weights, offsets, sigmas = (p.double() for p in params)
+        if widen:
+            extra = torch.zeros_like(signal[0], dtype=torch.float64)  # (C, Y, X)
+            extra[:, mask[0]] = level_error[:, offset : offset + hidden].double()
+            sigmas = torch.sqrt(sigmas**2 + extra[None, :, None])
+        offset += hidden
+        density += float(mixture_nll(x, signal, (weights, offsets, sigmas), mask)) * n
+        centre = (x.double() - signal.double()).unsqueeze(2) - offsets  # (B, C, K, Y, X), normalised
+        half = 0.5 / scale  # half a grey level in normalised units
+        mass = (weights * (torch.special.ndtr((centre + half) / sigmas)
+                           - torch.special.ndtr((centre - half) / sigmas))).sum(dim=2)
+        nll = -torch.log(mass.clamp_min(1e-300))
+        discrete += float(nll[mask[:, None].expand_as(nll)].sum())
+        count += n
     log_scale = float(np.mean(np.log(model.normalization.scale)))  # density per normalised unit -> per grey level
     return density / count + log_scale, discrete / count, count
 
