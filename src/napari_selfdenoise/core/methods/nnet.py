@@ -160,7 +160,7 @@ def mean_by_level(values, signal, bins: int = CALIBRATION_BINS) -> torch.Tensor:
     signal level is what the noise-level function must subtract there, and an unbiased one."""
     out = torch.empty_like(values)
     for c in range(values.shape[1]):
-        v, s = values[:, c].reshape(-1), signal[:, c].reshape(-1)
+        v, s = values[:, c].reshape(-1), signal[:, c].reshape(-1).contiguous()
         edges = torch.quantile(s.float(), torch.linspace(0, 1, bins + 1, device=s.device)[1:-1])
         level = torch.bucketize(s, edges)
         sums = torch.zeros(bins, dtype=v.dtype, device=v.device).index_add_(0, level, v)
