@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
 from napari_selfdenoise.core.denoiser import Denoiser
+from napari_selfdenoise.core.errors import SelfDenoiseError
 from napari_selfdenoise.core.methods import get_method
 from napari_selfdenoise.core.methods.n2same import noise2same_loss
 from napari_selfdenoise.core.methods.nnet import mixture_nll
@@ -448,3 +449,12 @@ def test_calibration_runs_when_training_ends_and_only_changes_the_noise_head():
     for key in plain:  # same seed, same training: only the noise head differs
         same = torch.equal(plain[key], calibrated[key])
         assert same == (not key.startswith("noise.")), key
+
+
+def test_nnet_options_are_checked_and_calibrate_false_has_no_finishing_step():
+    for bad, message in (({"mixture": 4}, "mixture"), ({"grid_min": 5, "grid_max": 3}, "grid_min"),
+                         ({"noise_lr": 0}, "noise_lr"), ({"blind_radius": 9}, "blind_radius")):
+        with pytest.raises(SelfDenoiseError, match=message):
+            get_method("nnet", bad)
+    assert get_method("nnet").finishing == "calibrating the noise model"
+    assert get_method("nnet", {"calibrate": False}).finishing is None

@@ -11,6 +11,7 @@ from superqt import QCollapsible
 
 from .._layers import (check_layer, layer_axes, placement, result_layer_kwargs, shape_boxes,
                        view_position)
+from ..core.blind_radius import MAX_BLIND_RADIUS
 from ..core.errors import SelfDenoiseError
 from .common import LayerPicker, duration, notify_error, on_array, start_job
 from .plots import LossPlot, NoisePlot, theme_colors
@@ -111,7 +112,7 @@ class TrainWidget(QWidget):
                                         step=0.05)
         self.lambda_inv = _float_spin(0.0, 100.0, 2.0, 2, "Noise2Same: weight of the invariance term", step=0.5)
         self.mixture = _spin(1, 3, 1, "N-net: Gaussians in the noise model (2-3 for skewed real noise)")
-        self.blind_radius = _spin(0, 4, 0, "Pixels hidden around each blind spot. 0 for a camera's independent "
+        self.blind_radius = _spin(0, MAX_BLIND_RADIUS, 0, "Pixels hidden around each blind spot. 0 for a camera's independent "
                                   "pixel noise; 1-2 when neighbouring pixels share noise (resampled, demosaiced "
                                   "or binned images: the result then still looks noisy with 0)")
         self.tta = QCheckBox("8x test-time augmentation for the result")

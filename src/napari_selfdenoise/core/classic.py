@@ -35,6 +35,7 @@ from skimage.morphology import ball, disk
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
 from .axes import make_layout
+from .blind_radius import check_blind_radius, grid_spacing
 from .errors import SelfDenoiseError
 from .normalize import Normalization
 from .steps import drain
@@ -223,14 +224,8 @@ def _hide_squares(x: np.ndarray, phase, radius: int) -> np.ndarray:
 
 
 def grid_for(grid: int, blind_radius: int) -> int:
-    """The grid of J: wide enough that the hidden squares of ``blind_radius`` leave pixels between them."""
-    return max(_check_grid(grid), 2 * blind_radius + 2)
-
-
-def _check_blind_radius(radius) -> int:
-    if isinstance(radius, bool) or int(radius) != radius or not 0 <= radius <= 4:
-        raise SelfDenoiseError(f"blind_radius must be a whole number of pixels from 0 to 4, not {radius!r}")
-    return int(radius)
+    """The grid of J, widened for the hidden squares of ``blind_radius``."""
+    return grid_spacing(_check_grid(grid), blind_radius)
 
 
 def _check_grid(grid: int) -> int:
@@ -368,7 +363,7 @@ def calibration_steps(
 ):
     """``calibrate`` as a generator of (evaluations done, total) that returns the ``CalibrationResult``."""
     grid = _check_grid(grid)
-    blind_radius = _check_blind_radius(blind_radius)
+    blind_radius = check_blind_radius(blind_radius)
     if isinstance(denoisers, str):
         denoisers = (denoisers,)
     specs = {name: _get(name) for name in denoisers}  # fail on a bad name before any work
@@ -429,7 +424,7 @@ def denoise_classic(
     layout, canonical, normalization = _prepare(image, axes, normalization)
     fn = _bind(spec.apply, parameter)
     if invariant and not spec.invariant:
-        fn = functools.partial(invariant_denoise, denoise_fn=fn, blind_radius=_check_blind_radius(blind_radius))
+        fn = functools.partial(invariant_denoise, denoise_fn=fn, blind_radius=check_blind_radius(blind_radius))
     out = np.empty(canonical.shape, np.float32)
     for i, ch in np.ndindex(*canonical.shape[:2]):
         out[i, ch] = fn(canonical[i, ch])

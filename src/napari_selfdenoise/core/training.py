@@ -105,8 +105,7 @@ class Trainer:
         val_sampler = PatchSampler(sources, val, self.patch_shape, normalization, config.seed + 1)
         self.val_patches = val_sampler.fixed_set(validation_patch_count(val, self.patch_shape))
         self.curve_crop = self.val_patches[:8]
-        # Patches from everywhere (train and validation) for the method's finishing step, drawn at the end.
-        self.finish_sampler = PatchSampler(sources, train + val, self.patch_shape, normalization, config.seed + 2)
+        self.sources, self.regions = sources, train + val  # for the finishing step's patches
         self.best_weights = copy.deepcopy(network.state_dict())
 
     def stop(self):
@@ -263,11 +262,12 @@ class Trainer:
         yield self._timed(announce, tick, start_elapsed)
         tick = time.perf_counter()
         self.network.load_state_dict(self.best_weights)
-        patches = self._to_device(self.finish_sampler.fixed_set(FINISH_PATCHES))
+        sampler = PatchSampler(self.sources, self.regions, self.patch_shape, self.normalization, self.config.seed + 2)
+        patches = self._to_device(sampler.fixed_set(FINISH_PATCHES))  # from everywhere: train and validation
         gen = torch.Generator().manual_seed(self.config.seed + 54321)
         note = self.method.finish(self.network, patches, gen)
         self.network.train()
-        self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+        self.best_weights = self._weights_on_cpu()
         if note:
             event.extra["notes"] = [note]
         return tick
@@ -299,10 +299,13 @@ class Trainer:
             return
         if state.best_val_loss is None or val_loss < state.best_val_loss:
             state.best_val_loss = val_loss
-            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+            self.best_weights = self._weights_on_cpu()
         for key, value in (("step", state.step), ("train_loss", train_loss), ("val_loss", val_loss),
                            ("lr", optimizer.param_groups[0]["lr"])):
             state.history[key].append(value)
+
+    def _weights_on_cpu(self) -> dict:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
 
     def _timed(self, event: ProgressEvent, tick: float, start_elapsed: float) -> ProgressEvent:
         """Count the time since ``tick`` as training time and put the clock and the rate on the event."""

@@ -6,11 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..blind_radius import check_blind_radius
 from ..errors import SelfDenoiseError
-
-
-# Pixels hidden around each blind spot for spatially correlated noise (option ``blind_radius``).
-MAX_BLIND_RADIUS = 4
 
 
 class Method:
@@ -45,13 +42,7 @@ class Method:
             )
         self.options = {**self.defaults, **options}
         if "blind_radius" in self.options:
-            radius = self.options["blind_radius"]
-            if isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius != int(radius) \
-                    or not 0 <= radius <= MAX_BLIND_RADIUS:
-                raise SelfDenoiseError(
-                    f"option blind_radius must be a whole number of pixels from 0 to {MAX_BLIND_RADIUS} "
-                    f"(got {radius!r}); 1 or 2 for noise correlated between neighbouring pixels")
-            self.options["blind_radius"] = int(radius)
+            self.options["blind_radius"] = check_blind_radius(self.options["blind_radius"])
 
     def architecture(self, channels: int, dims: int, depth: int, features: int) -> dict[str, Any]:
         """The network's description, stored in model files; ``networks.build_network`` builds it."""

@@ -30,6 +30,18 @@ def grid_mask(shape, spacing: int, gen: torch.Generator, device=None) -> torch.T
     return torch.from_numpy(mask).to(device)
 
 
+def phase_grid_mask(x: torch.Tensor, phase, spacing: int) -> torch.Tensor:
+    """(B, [Z,] Y, X) mask of the ``spacing``-periodic grid at ``phase`` (one offset per spatial axis),
+    the same for every sample of ``x``: J of one pass of J-invariant inference or calibration."""
+    mask = torch.ones((1, *x.shape[2:]), dtype=torch.bool, device=x.device)
+    for axis, offset in enumerate(phase):
+        coord = torch.arange(x.shape[2 + axis], device=x.device)
+        view = [1] * (x.dim() - 1)
+        view[1 + axis] = x.shape[2 + axis]
+        mask = mask & ((coord - int(offset)) % spacing == 0).reshape(view)
+    return mask.expand(x.shape[0], *x.shape[2:])
+
+
 def stratified_mask(shape, fraction: float, gen: torch.Generator, device=None) -> torch.Tensor:
     """Noise2Void's blind spots: one random pixel in each box holding ``1 / fraction`` pixels."""
     batch, *spatial = shape

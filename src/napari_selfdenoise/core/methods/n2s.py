@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..blind_radius import grid_spacing
 from .base import Method
-from .masking import grid_mask, hide_blind_spots, masked_mse, replace_with_donut_mean
+from .masking import grid_mask, hide_blind_spots, masked_mse, phase_grid_mask, replace_with_donut_mean
 
 
 class Noise2Self(Method):
@@ -17,7 +18,7 @@ class Noise2Self(Method):
     @property
     def spacing(self) -> int:
         """The grid of J: wide enough that the hidden squares of ``blind_radius`` leave pixels between them."""
-        return max(int(self.options["grid"]), 2 * self.options["blind_radius"] + 2)
+        return grid_spacing(self.options["grid"], self.options["blind_radius"])
 
     def training_loss(self, net, batch, gen):
         mask = grid_mask((batch.shape[0], *batch.shape[2:]), self.spacing, gen, batch.device)
@@ -28,16 +29,10 @@ class Noise2Self(Method):
         if not self.options["invariant_inference"]:
             return net(x)
         # Strict J-invariance: k^d passes, each pixel predicted only from the pass that masked it.
-        k = self.spacing
+        k, dims = self.spacing, x.dim() - 2
         out = torch.zeros_like(x)
-        spatial = x.shape[2:]
-        for phase in torch.cartesian_prod(*[torch.arange(k)] * len(spatial)).reshape(-1, len(spatial)):
-            mask = torch.ones((x.shape[0], *spatial), dtype=torch.bool, device=x.device)
-            for axis, p in enumerate(phase.tolist()):
-                coord = torch.arange(spatial[axis], device=x.device)
-                view = [1] * (len(spatial) + 1)
-                view[axis + 1] = spatial[axis]
-                mask &= ((coord - p) % k == 0).reshape(view)
+        for phase in torch.cartesian_prod(*[torch.arange(k)] * dims).reshape(-1, dims).tolist():
+            mask = phase_grid_mask(x, phase, k)
             prediction = net(hide_blind_spots(x, mask, self.options["blind_radius"], replace_with_donut_mean))
             out = torch.where(mask[:, None], prediction, out)
         return out

@@ -25,10 +25,11 @@ import math
 import numpy as np
 import torch
 
+from ..blind_radius import grid_spacing
 from ..errors import SelfDenoiseError
 from ..networks import mixture_std
 from .base import Method
-from .masking import donut_mean, grid_mask, hide_blind_spots
+from .masking import donut_mean, grid_mask, hide_blind_spots, phase_grid_mask
 
 
 class NoiseModelNet(Method):
@@ -49,6 +50,8 @@ class NoiseModelNet(Method):
             raise SelfDenoiseError("nnet options need 2 <= grid_min <= grid_max")
         if not float(self.options["noise_lr"]) > 0:
             raise SelfDenoiseError("nnet option noise_lr (learning-rate factor of the noise head) must be > 0")
+        if not self.options["calibrate"]:
+            self.finishing = None
 
     def architecture(self, channels, dims, depth, features):
         return {"kind": "nnet", "in_channels": channels, "out_channels": channels * len(self.outputs),
@@ -63,18 +66,13 @@ class NoiseModelNet(Method):
 
     def training_loss(self, net, batch, gen):
         radius = self.options["blind_radius"]
-        low = max(int(self.options["grid_min"]), 2 * radius + 2)  # hidden squares leave pixels between them
+        low = grid_spacing(self.options["grid_min"], radius)
         high = max(int(self.options["grid_max"]), low)
         spacing = int(torch.randint(low, high + 1, (1,), generator=gen))
         mask = grid_mask((batch.shape[0], *batch.shape[2:]), spacing, gen, batch.device)
         signal, params = net(hide_blind_spots(batch, mask, radius, replace_with_direct_neighbour_mean))
         head = getattr(net, "module", net).noise  # net may be the DistributedDataParallel wrapper
         return mixture_nll(batch, signal, head.widen_by_structure(params, signal), mask)
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        if not self.options["calibrate"]:
-            self.finishing = None
 
     def finish(self, net, patches, gen):
         """Calibrate the noise head (see the module's text) on ``patches``; returns a note."""
@@ -127,17 +125,6 @@ def blind_spot_signal(net, x, masks, radius: int):
     return torch.stack(out)
 
 
-def phase_mask(x, phase, spacing: int) -> torch.Tensor:
-    """(B, ...) mask of the grid points at ``phase`` (one offset per spatial axis)."""
-    mask = torch.ones((1, *x.shape[2:]), dtype=torch.bool, device=x.device)
-    for axis, offset in enumerate(phase):
-        coord = torch.arange(x.shape[2 + axis], device=x.device)
-        view = [1] * (x.dim() - 1)
-        view[1 + axis] = x.shape[2 + axis]
-        mask = mask & ((coord - offset) % spacing == 0).reshape(view)
-    return mask.expand(x.shape[0], *x.shape[2:])
-
-
 def hidden_values(t, mask) -> torch.Tensor:
     """The values of (B, C, ...) ``t`` at the (B, ...) ``mask``'s pixels, as (N, C)."""
     return t.movedim(1, -1)[mask]
@@ -183,7 +170,7 @@ def level_balance(signal, bins: int = 32, floor: int = 64) -> torch.Tensor:
 def calibrate_noise_head(net, patches, gen, blind_radius: int = 0, chunk: int = 8) -> str:
     """Refit ``net.noise`` to the hidden pixels' residuals with the bootstrap error variance removed."""
     dims = patches.dim() - 2
-    spacing = max(CALIBRATION_SPACING, 2 * blind_radius + 2)
+    spacing = grid_spacing(CALIBRATION_SPACING, blind_radius)
     all_phases = torch.cartesian_prod(*[torch.arange(spacing)] * dims).reshape(-1, dims)
     pick = torch.randperm(len(all_phases), generator=gen)[:CALIBRATION_PHASES]
     phases = [tuple(p.tolist()) for p in all_phases[pick]]
@@ -192,7 +179,7 @@ def calibrate_noise_head(net, patches, gen, blind_radius: int = 0, chunk: int = 
     with torch.no_grad():
         for start in range(0, len(patches), chunk):
             x = patches[start : start + chunk]
-            masks = [phase_mask(x, phase, spacing) for phase in phases]
+            masks = [phase_grid_mask(x, phase, spacing) for phase in phases]
             hidden = blind_spot_signal(net, x, masks, blind_radius)  # (P, B, C, ...)
             full, params = net(x)
             resampled = blind_spot_signal(net, sample_mixture(full, params, gen), masks, blind_radius)
