@@ -101,3 +101,24 @@ def test_a_failing_task_removes_the_outputs(client, files, tmp_path):
     with pytest.raises(SelfDenoiseError, match="m.sdmodel"):
         predict_files(model, [job], client, progress=break_the_model, tile=TILE, block=(48, 56))
     assert [p.name for p in tmp_path.iterdir()] == ["m.sdmodel"]
+
+
+def test_cli_workers_starts_and_closes_its_own_local_cluster(files, tmp_path, monkeypatch):
+    folder, stacks, model = files
+    clusters, sizes = [], []
+    real_cluster = distributed.LocalCluster
+
+    def recording_cluster(*args, **kwargs):
+        sizes.append(kwargs["n_workers"])
+        clusters.append(real_cluster(*args, **kwargs))
+        return clusters[-1]
+
+    monkeypatch.setattr(distributed, "LocalCluster", recording_cluster)
+    out = tmp_path / "o.ome.zarr"
+    args = ["predict", str(folder / "m.sdmodel"), str(folder / "in1.ome.tif"), "--out", str(out), "-q",
+            "--tile", str(TILE), "--workers", "1"]
+    assert cli_main(args) == 0
+    np.testing.assert_array_equal(read_image(out).data, model.predict(stacks[1], tile=TILE))
+    assert sizes == [1]
+    assert clusters[0].status.name == "closed"  # no worker process outlives the command
+    assert cli_main(args[:-1] + ["0"]) == 2
