@@ -40,7 +40,8 @@ def method_and_options(spec: str):
     return method, _parse_options(pairs)
 
 
-def run_neural(spec, args, noisy, clean, axes):
+def run_neural(spec, args, noisy, clean, axes, keep: dict | None = None):
+    """Train ``spec`` on the noisy image, predict it and score it; ``keep`` receives the prediction."""
     method, options = method_and_options(spec)
     model = Denoiser(method, axes, method_options=options, steps=args.steps, time_limit=args.minutes * 60 if args.minutes else None,
                      batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
@@ -50,6 +51,8 @@ def run_neural(spec, args, noisy, clean, axes):
     train_seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     start = time.perf_counter()
     denoised = model.predict(noisy)
+    if keep is not None:
+        keep["image"] = denoised
     result = scores(clean, denoised)
     result.update({"steps": model.state.step, "train_seconds": round(train_seconds, 1),
                    "seconds_per_step": round(train_seconds / model.state.step, 4),
