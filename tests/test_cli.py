@@ -259,6 +259,20 @@ def test_interrupt_writes_nothing(tmp_path):
     assert listing(tmp_path) == before
 
 
+def test_interrupt_inside_exec_still_exits_130_under_python_m(tmp_path):
+    # Libraries run strings with exec while importing; a Ctrl-C that lands there used to make a
+    # `python -m` run die by SIGINT (exit -2) after our handler had printed its message.
+    (tmp_path / "interrupted_entry.py").write_text(
+        "import sys\n"
+        "from napari_selfdenoise import cli\n"
+        "cli.cmd_info = lambda args: exec('raise KeyboardInterrupt')\n"
+        "sys.exit(cli.main(['info', 'any.sdmodel']))\n")
+    proc = subprocess.run([sys.executable, "-m", "interrupted_entry"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("selfdenoise: error: interrupted")
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

@@ -250,6 +250,7 @@ def main(argv=None) -> int:
                                    "run the other commands as one process")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        _forget_interrupt()
         return _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
     except (SelfDenoiseError, OSError) as err:  # OSError: FileNotFoundError, PermissionError, disk full...
         return _fail(_message(err))
@@ -259,6 +260,16 @@ def main(argv=None) -> int:
         if type(err).__name__ == "OutOfMemoryError":  # torch's, on a GPU
             return _fail("the device ran out of memory; use a smaller --tile/--batch-size or --device cpu")
         raise
+
+
+def _forget_interrupt() -> None:
+    """Keep a handled Ctrl-C from turning into death by SIGINT under ``python -m``.
+
+    CPython remembers a KeyboardInterrupt that left code run by ``exec`` of a string (libraries do this
+    while importing) and, under ``-m``, kills the process with SIGINT at exit even though we handled it:
+    the exit status would be -2, not 130. Running any string resets that flag.
+    """
+    exec("pass")
 
 
 def _under_torchrun() -> bool:
