@@ -296,6 +296,15 @@ def _say(*args):
     print(*args, flush=True)
 
 
+def _hint_blind_radius(image, flag: str) -> None:
+    """Tell the user (stderr) when the noise looks shared by neighbouring pixels and how to set the option."""
+    from .core.blind_radius import shared_noise_hint
+
+    hint = shared_noise_hint(image.data, image.axes)
+    if hint:
+        print(f"{PROG}: hint: {hint} ({flag}).", file=sys.stderr, flush=True)
+
+
 def _duration(seconds: float) -> str:
     seconds = float(seconds)
     if seconds < 60:
@@ -506,6 +515,8 @@ def cmd_train(args) -> int:
         if start is not None:
             model._check_compatible(layout)
         _check_patch_fits(layout, config, Path(image.path).name)
+    if model.method.options.get("blind_radius") == 0 and os.environ.get("RANK", "0") == "0":  # has the option, at 0
+        _hint_blind_radius(images[0], "--option blind_radius=2")
 
     from .core import distributed
 
@@ -768,6 +779,8 @@ def cmd_calibrate(args) -> int:
                                    f"choose from {', '.join(DENOISER_PARAMETERS)}")
     image = _read(args.input, args.axes)
     _check_input(image, Path(args.input).name)
+    if not args.blind_radius:
+        _hint_blind_radius(image, "--blind-radius 2")
     target = _check_output_file(output_path_for(args.input, args.out, 1), suffixes=_IMAGE_SUFFIXES)
     report = _check_output_file(args.report, "report") if args.report else None
     if report is not None and report.resolve() in (target.resolve(), Path(args.input).resolve()):

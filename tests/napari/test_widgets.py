@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_selfdenoise.core import jobs
 from napari_selfdenoise.core.denoiser import Denoiser
@@ -283,3 +284,23 @@ def test_method_options_show_for_their_methods_and_reach_the_config(viewer):
     choose(widget, "classic")  # calibrated, not trained: only the blind radius applies
     assert shown("blind radius") and not shown("noise mixture K") and not shown("λ invariance")
     assert widget.blind_radius.isEnabled() and not widget.patch.isEnabled() and not widget.steps.isEnabled()
+
+
+def test_a_layer_with_noise_shared_by_neighbours_gets_the_blind_radius_note(viewer):
+    white = np.random.default_rng(0).normal(0, 1, (128, 128))
+    shared = ndi.gaussian_filter(white, 0.7)  # neighbour correlation about 0.6, as in resampled images
+    viewer.add_image(fluorescence_image((128, 128)) + 0.1 * shared / shared.std(), name="resampled")
+    widget = train_widget(viewer)  # picks "cells": independent noise
+    assert widget.noise_note.isHidden()
+    widget.image_picker.setCurrentText("resampled")
+    assert not widget.noise_note.isHidden()
+    assert "shared by neighbouring pixels" in widget.noise_note.text()
+    assert "blind radius of 2" in widget.noise_note.text()
+    widget.blind_radius.setValue(2)  # set: the note goes
+    assert widget.noise_note.isHidden()
+    widget.blind_radius.setValue(0)
+    widget.axes_edit.setText("ZYX")  # axes that do not fit: no note (and no error)
+    assert widget.noise_note.isHidden()
+    widget.axes_edit.setText("YX")
+    widget.image_picker.setCurrentText("cells")
+    assert widget.noise_note.isHidden()

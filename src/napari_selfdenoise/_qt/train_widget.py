@@ -11,7 +11,7 @@ from superqt import QCollapsible
 
 from .._layers import (check_layer, layer_axes, placement, result_layer_kwargs, shape_boxes,
                        view_position)
-from ..core.blind_radius import MAX_BLIND_RADIUS
+from ..core.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
 from ..core.errors import SelfDenoiseError
 from .common import LayerPicker, duration, notify_error, on_array, start_job
 from .plots import LossPlot, NoisePlot, theme_colors
@@ -45,6 +45,8 @@ class TrainWidget(QWidget):
         self.image_picker.currentTextChanged.connect(self._layer_changed)
         self.axes_edit.textChanged.connect(self._validate_axes)
         self.method_picker.currentIndexChanged.connect(self._method_changed)
+        self.axes_edit.textChanged.connect(self._update_noise_note)  # after _validate_axes
+        self.blind_radius.valueChanged.connect(self._update_noise_note)
         self._layer_changed()
         self._method_changed()
         self._set_running(False)
@@ -61,6 +63,8 @@ class TrainWidget(QWidget):
         self.axes_edit.setToolTip("One letter per dimension: S sample, T time, C channel, Z, Y, X")
         self.axes_message = QLabel()
         self.axes_message.setWordWrap(True)
+        self.noise_note = QLabel()  # set when the layer's noise looks shared by neighbouring pixels
+        self.noise_note.setWordWrap(True)
         self.method_picker = QComboBox()
         for name, title in METHOD_TITLES.items():
             self.method_picker.addItem(f"{name}: {title.split(':')[0]}", name)
@@ -93,6 +97,7 @@ class TrainWidget(QWidget):
         start_row.addWidget(self.start_button)
         start_row.addWidget(self.start_clear)
         for label, widget in (("image", self.image_picker), ("axes", self.axes_edit), ("", self.axes_message),
+                              ("", self.noise_note),
                               ("start from", start_row), ("", self.start_label),
                               ("method", self.method_picker), ("", self.method_help), ("steps", self.steps),
                               ("time limit (min)", self.minutes), ("device", self.device_picker),
@@ -171,6 +176,16 @@ class TrainWidget(QWidget):
         layer = self.image_picker.layer()
         self.axes_edit.setText(layer_axes(layer) if layer is not None else "")
         self._validate_axes()
+        self._update_noise_note()
+
+    def _update_noise_note(self, *_) -> None:
+        """Suggest the blind radius while it is 0 and the layer's noise looks shared by neighbouring pixels."""
+        layer, axes = self.image_picker.layer(), self.axes_edit.text().strip().upper()
+        hint = None
+        if layer is not None and self.blind_radius.value() == 0 and self.axes_message.styleSheet() == "":
+            hint = shared_noise_hint(layer.data, axes)  # axes checked: they fit the layer
+        self.noise_note.setText(f"Note: {hint} (advanced options)." if hint else "")
+        self.noise_note.setVisible(bool(hint))
 
     def _validate_axes(self, *_) -> bool:
         """Check the axes against the layer as the user types; Train is enabled only when they fit."""
