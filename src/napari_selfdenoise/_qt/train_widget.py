@@ -65,6 +65,7 @@ class TrainWidget(QWidget):
         self.axes_message.setWordWrap(True)
         self.noise_note = QLabel()  # set when the layer's noise looks shared by neighbouring pixels
         self.noise_note.setWordWrap(True)
+        self.noise_note.setStyleSheet("color: #d4a72c")  # a suggestion, not an error
         self.method_picker = QComboBox()
         for name, title in METHOD_TITLES.items():
             self.method_picker.addItem(f"{name}: {title.split(':')[0]}", name)
@@ -184,7 +185,9 @@ class TrainWidget(QWidget):
         hint = None
         if layer is not None and self.blind_radius.value() == 0 and self.axes_message.styleSheet() == "":
             hint = shared_noise_hint(layer.data, axes)  # axes checked: they fit the layer
-        self.noise_note.setText(f"Note: {hint} (advanced options)." if hint else "")
+        self.noise_note.setText("Noise shared by neighbouring pixels? Try blind radius 2 (Advanced options)."
+                                if hint else "")
+        self.noise_note.setToolTip(f"{hint[0].upper()}{hint[1:]}." if hint else "")
         self.noise_note.setVisible(bool(hint))
 
     def _validate_axes(self, *_) -> bool:
