@@ -40,8 +40,8 @@ def method_and_options(spec: str):
     return method, _parse_options(pairs)
 
 
-def run_neural(spec, args, noisy, clean, axes, keep: dict | None = None):
-    """Train ``spec`` on the noisy image, predict it and score it; ``keep`` receives the prediction."""
+def train_and_predict(spec, args, noisy, axes):
+    """Train ``spec`` on the noisy image and predict it: (denoised, timings)."""
     method, options = method_and_options(spec)
     model = Denoiser(method, axes, method_options=options, steps=args.steps, time_limit=args.minutes * 60 if args.minutes else None,
                      batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
@@ -51,15 +51,16 @@ def run_neural(spec, args, noisy, clean, axes, keep: dict | None = None):
     train_seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     start = time.perf_counter()
     denoised = model.predict(noisy)
-    if keep is not None:
-        keep["image"] = denoised
-    result = scores(clean, denoised)
-    result.update({"steps": model.state.step, "train_seconds": round(train_seconds, 1),
-                   "seconds_per_step": round(train_seconds / model.state.step, 4),
-                   # Share of the threads this process really got: other load on the machine shows here.
-                   "cpu_share": round(cpu_seconds / (train_seconds * torch.get_num_threads()), 2),
-                   "predict_seconds": round(time.perf_counter() - start, 2)})
-    return result
+    return denoised, {"steps": model.state.step, "train_seconds": round(train_seconds, 1),
+                      "seconds_per_step": round(train_seconds / model.state.step, 4),
+                      # Share of the threads this process really got: other load on the machine shows here.
+                      "cpu_share": round(cpu_seconds / (train_seconds * torch.get_num_threads()), 2),
+                      "predict_seconds": round(time.perf_counter() - start, 2)}
+
+
+def run_neural(spec, args, noisy, clean, axes):
+    denoised, timings = train_and_predict(spec, args, noisy, axes)
+    return {**scores(clean, denoised), **timings}
 
 
 def run_classic(spec, noisy, clean, axes):

@@ -11,18 +11,20 @@ spot method trained on the noisy image alone will.
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
 import torch
 
 from _common import add_training_arguments, base_parser, machine, psnr, save
-from fmd import SAMPLES, load, run_neural
+from fmd import SAMPLES, load, train_and_predict
+from napari_selfdenoise.core.data import check_image
 from napari_selfdenoise.core.networks import UNet
 
 
 def channels_first(image: np.ndarray, axes: str) -> np.ndarray:
-    return image[None] if axes == "YX" else np.moveaxis(image, -1, 0)
+    return check_image(image, axes).to_canonical(image)[0]  # (C, Y, X): the one sample
 
 
 def augmented_pairs(noisy, clean, rng, batch: int, patch: int):
@@ -95,11 +97,11 @@ def main():
         entry = {"input": round(psnr(clean[right], noisy[right]), 3)}
         print(f"{name}: input {entry['input']:.2f} dB on the right half", flush=True)
         entry["supervised"] = train_supervised(noisy, clean, axes, args)
-        self_args = type(args)(**{**vars(args), "steps": args.self_steps, "minutes": None, "depth": 2,
-                                  "features": 16, "lr": 4e-4})
-        denoised = {}
-        run_neural(args.method, self_args, noisy, clean, axes, keep=denoised)
-        entry["self_supervised"] = {"method": args.method, "psnr": round(psnr(clean[right], denoised["image"][right]), 3)}
+        # fmd.py's settings for the self-supervised method
+        self_args = argparse.Namespace(**{**vars(args), "steps": args.self_steps, "minutes": None, "depth": 2,
+                                          "features": 16, "lr": 4e-4})
+        denoised, _ = train_and_predict(args.method, self_args, noisy, axes)
+        entry["self_supervised"] = {"method": args.method, "psnr": round(psnr(clean[right], denoised[right]), 3)}
         print(f"  supervised {entry['supervised']['psnr']:.2f} (best {entry['supervised']['best_psnr']:.2f}), "
               f"{args.method} {entry['self_supervised']['psnr']:.2f} dB on the right half", flush=True)
         results["samples"][name] = entry

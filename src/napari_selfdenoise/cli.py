@@ -515,8 +515,6 @@ def cmd_train(args) -> int:
         if start is not None:
             model._check_compatible(layout)
         _check_patch_fits(layout, config, Path(image.path).name)
-    if model.method.options.get("blind_radius") == 0 and os.environ.get("RANK", "0") == "0":  # has the option, at 0
-        _hint_blind_radius(images[0], "--option blind_radius=2")
 
     from .core import distributed
 
@@ -538,6 +536,8 @@ def _train_and_save(model, images, out, device, group, quiet: bool, start_from=N
         if group.active else str(device)
     verb = f"fine-tuning {method} (from {Path(start_from).name}, {model.state.step} steps)" if start_from \
         else f"training {method}"
+    if group.is_main and model.method.options.get("blind_radius") == 0:  # methods with the option, left at 0
+        _hint_blind_radius(images[0], "--option blind_radius=2")
     say(f"{verb} on {len(images)} image(s) ({config.axes}: {sizes}) for "
         f"{' or '.join(b for b in budget if b)} on {where}")
     started = time.perf_counter()

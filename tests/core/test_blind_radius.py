@@ -8,7 +8,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from scipy import ndimage as ndi
 
 from napari_selfdenoise.cli import main as cli_main
 from napari_selfdenoise.core.blind_radius import SHARED_NOISE_RATIO, neighbour_difference_ratio, shared_noise_hint
@@ -16,10 +15,7 @@ from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 
 def shared_noise_image(shape=(256, 256), seed=0):
-    clean = fluorescence_image(shape, seed=seed)
-    white = np.random.default_rng(seed + 1).normal(0, 1, clean.shape)
-    shared = ndi.gaussian_filter(white, 0.7)  # neighbour correlation about 0.6
-    return (clean + 0.1 * shared / shared.std()).astype(np.float32)
+    return add_noise(fluorescence_image(shape, seed=seed), "shared_gaussian", sigma=0.1, seed=seed + 1)
 
 
 def eight_bit(image, offset=-0.05):

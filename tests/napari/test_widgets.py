@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
 from napari_selfdenoise.core import jobs
 from napari_selfdenoise.core.denoiser import Denoiser
@@ -287,9 +286,7 @@ def test_method_options_show_for_their_methods_and_reach_the_config(viewer):
 
 
 def test_a_layer_with_noise_shared_by_neighbours_gets_the_blind_radius_note(viewer):
-    white = np.random.default_rng(0).normal(0, 1, (128, 128))
-    shared = ndi.gaussian_filter(white, 0.7)  # neighbour correlation about 0.6, as in resampled images
-    viewer.add_image(fluorescence_image((128, 128)) + 0.1 * shared / shared.std(), name="resampled")
+    viewer.add_image(add_noise(fluorescence_image((128, 128)), "shared_gaussian", sigma=0.1), name="resampled")
     widget = train_widget(viewer)  # picks "cells": independent noise
     assert widget.noise_note.isHidden()
     widget.image_picker.setCurrentText("resampled")

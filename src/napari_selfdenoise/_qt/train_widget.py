@@ -38,14 +38,15 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.denoiser = None
         self.worker = None
+        self.axes_fit = False  # the axes fit the chosen layer (set by _validate_axes)
         self.run = None  # what the running job works on: source layer, axes, method, ...
         self.first_preview_seconds = None  # from pressing Train to the first preview (benchmark B4)
         self.closed = False
         self._build()
         self.image_picker.currentTextChanged.connect(self._layer_changed)
         self.axes_edit.textChanged.connect(self._validate_axes)
+        self.axes_edit.textChanged.connect(self._update_noise_note)  # after _validate_axes: uses axes_fit
         self.method_picker.currentIndexChanged.connect(self._method_changed)
-        self.axes_edit.textChanged.connect(self._update_noise_note)  # after _validate_axes
         self.blind_radius.valueChanged.connect(self._update_noise_note)
         self._layer_changed()
         self._method_changed()
@@ -175,16 +176,18 @@ class TrainWidget(QWidget):
 
     def _layer_changed(self, *_) -> None:
         layer = self.image_picker.layer()
-        self.axes_edit.setText(layer_axes(layer) if layer is not None else "")
-        self._validate_axes()
-        self._update_noise_note()
+        axes = layer_axes(layer) if layer is not None else ""
+        if axes != self.axes_edit.text():
+            self.axes_edit.setText(axes)  # textChanged validates them and updates the note
+        else:  # same axes, another layer
+            self._validate_axes()
+            self._update_noise_note()
 
     def _update_noise_note(self, *_) -> None:
         """Suggest the blind radius while it is 0 and the layer's noise looks shared by neighbouring pixels."""
-        layer, axes = self.image_picker.layer(), self.axes_edit.text().strip().upper()
         hint = None
-        if layer is not None and self.blind_radius.value() == 0 and self.axes_message.styleSheet() == "":
-            hint = shared_noise_hint(layer.data, axes)  # axes checked: they fit the layer
+        if self.axes_fit and self.blind_radius.value() == 0:
+            hint = shared_noise_hint(self.image_picker.layer().data, self.axes_edit.text().strip().upper())
         self.noise_note.setText("Noise shared by neighbouring pixels? Try blind radius 2 (Advanced options)."
                                 if hint else "")
         self.noise_note.setToolTip(f"{hint[0].upper()}{hint[1:]}." if hint else "")
@@ -207,6 +210,7 @@ class TrainWidget(QWidget):
             self.axes_message.setStyleSheet("")
             ok = True
         self.train_button.setEnabled(ok and self.worker is None)
+        self.axes_fit = ok
         return ok
 
     def _method_changed(self, *_) -> None:

@@ -51,8 +51,6 @@ def neighbour_difference_ratio(plane) -> float | None:
     ratios = []
     for axis in (0, 1):
         n = plane.shape[axis]
-        if n < 3:
-            continue
         a, b, c = (np.take(plane, range(k, n - 2 + k), axis=axis) for k in range(3))
         keep = (a > floor) & (b > floor) & (c > floor)
         if keep.sum() < _MIN_DIFFERENCES:
@@ -69,10 +67,10 @@ def representative_planes(image, axes: str, channels: int = 4):
     channels, each cropped to its central ``_CROP`` pixels (lazy arrays read only that)."""
     axes = axes.upper()
     shape = dict(zip(axes, image.shape))
-    ys, xs = ((slice(max(0, (shape[a] - _CROP) // 2), max(0, (shape[a] - _CROP) // 2) + _CROP)) for a in "YX")
+    crop = {a: slice(max(0, (shape[a] - _CROP) // 2), max(0, (shape[a] - _CROP) // 2) + _CROP) for a in "YX"}
     for channel in range(min(shape.get("C", 1), channels)):
-        index = tuple({"Y": ys, "X": xs, "Z": shape.get("Z", 1) // 2, "C": channel}.get(a, 0) for a in axes)
-        yield np.asarray(image[index])
+        index = {**crop, "Z": shape.get("Z", 1) // 2, "C": channel}
+        yield np.asarray(image[tuple(index.get(a, 0) for a in axes)])
 
 
 def shared_noise_hint(image, axes: str) -> str | None:

@@ -14,7 +14,8 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-NOISE_KINDS = ("gaussian", "poisson_gaussian")
+NOISE_KINDS = ("gaussian", "poisson_gaussian", "shared_gaussian")
+SHARED_NOISE_BLUR = 0.7  # px: neighbour correlation about 0.6, as in resampled or demosaiced images
 
 # Blob size classes: (Gaussian sigma in pixels, count per 256x256 area (x Z/32 in 3D), brightness range).
 _BLOBS = ((1.2, 70, (0.3, 0.9)),   # vesicles
@@ -137,12 +138,17 @@ def add_noise(clean, kind: str = "gaussian", sigma: float = 0.1, photons: float 
 
     ``gaussian``: additive white noise of std ``sigma``. ``poisson_gaussian``: shot noise with
     ``photons`` expected photons at intensity 1 (rescaled back to the input's units), plus
-    Gaussian read noise of std ``sigma``.
+    Gaussian read noise of std ``sigma``. ``shared_gaussian``: additive noise of std ``sigma`` shared by
+    neighbouring pixels (white noise blurred in Y and X by ``SHARED_NOISE_BLUR``), for ``blind_radius``.
     """
     clean = np.asarray(clean, dtype=np.float64)
     rng = np.random.default_rng(seed)
     if kind == "gaussian":
         noisy = clean + rng.normal(0, sigma, clean.shape)
+    elif kind == "shared_gaussian":
+        blur = (0,) * (clean.ndim - 2) + (SHARED_NOISE_BLUR,) * 2
+        shared = ndi.gaussian_filter(rng.normal(0, 1, clean.shape), blur)
+        noisy = clean + sigma * shared / shared.std()
     elif kind == "poisson_gaussian":
         if photons <= 0:
             raise ValueError("photons must be positive")
