@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +17,8 @@ from .errors import SelfDenoiseError
 class TrainConfig:
     """Everything that decides how a model is trained. Units: pixels, steps, seconds."""
 
-    method: str = "n2v2"
+    # "auto": race the neural methods (and the classical filter) on the self-supervised score (core/auto.py)
+    method: str = "auto"
     axes: str = "YX"
     # Patch edge in Y and X; ``patch_z`` is used by 3D (Z) models.
     patch: int = 64
@@ -51,25 +54,48 @@ class TrainConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        # The same checks for the API, the CLI, the widgets and model files: every value of the right type
+        # and in range (a NaN learning rate or time limit would run for ever or train nothing).
+        if not isinstance(self.method, str) or not isinstance(self.device, str):
+            raise SelfDenoiseError("method and device must be names (strings)")
         self.axes = validate_axes(self.axes)
-        self.percentiles = tuple(float(p) for p in self.percentiles)
         for name in ("patch", "patch_z", "batch", "accumulate", "steps_per_epoch", "depth", "features"):
-            if int(getattr(self, name)) < 1:
-                raise SelfDenoiseError(f"{name} must be a positive integer")
+            setattr(self, name, _integer(name, getattr(self, name), 1))
         for name in ("steps", "epochs"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise SelfDenoiseError(f"{name} must be a positive integer")
-        if self.z_levels is not None and not 0 <= int(self.z_levels) <= int(self.depth):
-            raise SelfDenoiseError(f"z_levels must be between 0 and depth ({self.depth}), or None (automatic)")
+            if getattr(self, name) is not None:
+                setattr(self, name, _integer(name, getattr(self, name), 1))
+        self.seed = _integer("seed", self.seed, 0, 2**63 - 1, "a non-negative integer")
+        self.curve_every = _integer("curve_every", self.curve_every, 0, what="a non-negative integer (0: off)")
+        for name, high in (("depth", 6), ("features", 512)):
+            if getattr(self, name) > high:
+                raise SelfDenoiseError(f"{name} must be at most {high} (got {getattr(self, name)}); a larger "
+                                       "network would not fit in memory")
+        if self.z_levels is not None:
+            self.z_levels = _integer("z_levels", self.z_levels, 0)
+            if self.z_levels > self.depth:
+                raise SelfDenoiseError(f"z_levels must be between 0 and depth ({self.depth}), or None (automatic)")
         if self.batch % self.accumulate:
             raise SelfDenoiseError(f"batch {self.batch} must be a multiple of accumulate {self.accumulate}")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise SelfDenoiseError("time_limit must be a positive number of seconds")
-        if not 0 <= self.val_fraction < 1:
-            raise SelfDenoiseError("val_fraction must be in [0, 1)")
+        if self.time_limit is not None:
+            self.time_limit = _positive("time_limit", self.time_limit, "a positive number of seconds")
+        self.lr = _positive("lr", self.lr, "a positive number (the learning rate, e.g. 4e-4)")
+        if not _is_real(self.val_fraction) or not 0 <= self.val_fraction < 1:
+            raise SelfDenoiseError(f"val_fraction must be in [0, 1) (got {self.val_fraction!r})")
+        self.val_fraction = float(self.val_fraction)
+        if not isinstance(self.amp, bool):
+            raise SelfDenoiseError("amp must be true or false")
         if self.normalization not in ("auto", "percentile", "meanstd"):
             raise SelfDenoiseError("normalization must be 'auto', 'percentile' or 'meanstd'")
+        try:
+            percentiles = tuple(self.percentiles)
+        except TypeError:
+            percentiles = ()
+        if not (len(percentiles) == 2 and all(_is_real(p) for p in percentiles)
+                and 0 <= percentiles[0] < percentiles[1] <= 100):
+            raise SelfDenoiseError(f"percentiles must be two numbers 0 <= low < high <= 100 (got {self.percentiles!r})")
+        self.percentiles = tuple(float(p) for p in percentiles)
+        if not isinstance(self.method_options, dict):
+            raise SelfDenoiseError("method_options must be a mapping of option names to values")
         if self.patch % (2**self.depth):
             raise SelfDenoiseError(
                 f"patch {self.patch} must be a multiple of {2**self.depth} (2**depth)"
@@ -92,8 +118,28 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise SelfDenoiseError("a training configuration must be a mapping of names to values")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             warnings.warn(f"ignoring unknown config entries: {', '.join(unknown)}", stacklevel=2)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_real(value) -> bool:
+    """A finite real number (bools are not numbers here)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(name: str, value, low: int, high: int | None = None, what: str = "a positive integer") -> int:
+    """``value`` as an int when it is a whole number in [low, high]; else a one-line error naming ``name``."""
+    if not _is_real(value) or value != int(value) or value < low or (high is not None and value > high):
+        raise SelfDenoiseError(f"{name} must be {what} (got {value!r})")
+    return int(value)
+
+
+def _positive(name: str, value, what: str) -> float:
+    if not _is_real(value) or not value > 0:
+        raise SelfDenoiseError(f"{name} must be {what} (got {value!r})")
+    return float(value)

@@ -5,6 +5,7 @@ The widget, the CLI and the tests all drive the engine through it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -12,15 +13,16 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .auto import AUTO, CLASSIC, AutoResult
 from .axes import make_layout
 from .config import TrainConfig
 from .data import check_image, check_same_axes_shape
 from .device import resolve_device
 from .errors import ModelFileError, SelfDenoiseError
 from .lazy import FITS_IN_MEMORY, as_array, nbytes
-from .methods import get_method
-from .modelfile import (flatten_optimizer_state, load_model, model_bytes, save_model,
-                        unflatten_optimizer_state)
+from .methods import get_method, options_from_file
+from .modelfile import (check_architecture, check_finite_weights, flatten_optimizer_state, load_model, model_bytes,
+                        save_model, unflatten_optimizer_state)
 from .networks import ARCHITECTURE_DEFAULTS, auto_z_levels, build_network
 from .normalize import Normalization
 from .prediction import TiledPredictor
@@ -34,11 +36,28 @@ class Denoiser:
     >>> model = Denoiser("n2s", axes="YX", steps=500)
     >>> model.fit(noisy)                # or: for event in model.train(noisy): ...
     >>> clean = model.predict(noisy)    # float32, the input's shape and units
+
+    Method "auto" (the default) races the candidates on one self-supervised score (``core.auto``): its
+    first event carries the calibrated classical filter (``extra["classic"]``), every event the live score
+    table (``extra["scores"]``: a list of {method, score, stderr, steps, status, elapsed}, status "running",
+    "dropped" or "winner") and the candidate training (``extra["candidate"]``); the last one (done) also
+    the ``AutoResult`` (``extra["auto"]``). Training then leaves the model as the winning method's, with
+    ``self.auto`` (winner, score table, quality estimate) stored in the model file under "auto".
     """
 
-    def __init__(self, method: str = "n2v2", axes: str = "YX", *, config: TrainConfig | None = None, **options):
+    def __init__(self, method: str = AUTO, axes: str = "YX", *, config: TrainConfig | None = None, **options):
         self.config = config or TrainConfig(method=method, axes=axes, **options)
-        self.method = get_method(self.config.method, self.config.method_options)
+        # "auto" becomes a method when its race ends; until then it has none (the options are checked here)
+        self.method = None if self.config.method == AUTO else get_method(self.config.method,
+                                                                          self.config.method_options)
+        if self.method is not None:  # every option's value goes into model files (Method.legacy_defaults)
+            self.config = replace(self.config, method_options=dict(self.method.options))
+        if self.method is None:
+            from .auto import check_candidates, split_options
+
+            split_options(self.config.method_options, check_candidates(self.config.method_options))
+        self.auto: AutoResult | None = None  # what method "auto" chose, and why
+        self._race = None
         self.network: torch.nn.Module | None = None
         self.normalization: Normalization | None = None
         self.architecture: dict | None = None
@@ -59,6 +78,9 @@ class Denoiser:
         if not arrays:
             raise SelfDenoiseError("no images to train on")
         layouts = check_same_axes_shape(arrays, self.config.axes)
+        if self.method is None:  # method "auto", not raced yet
+            yield from self._train_auto(arrays)
+            return
         sources = [layout.to_canonical(array) for layout, array in zip(layouts, arrays)]
         if self.network is None:
             self._build(layouts[0].channels, 3 if layouts[0].is_3d else 2, sources)
@@ -67,6 +89,22 @@ class Denoiser:
             self.sample = sample_crop(sources[0], self.architecture["depth"])
         self._trainer = Trainer(self.config, self.method, self.network, sources, self.normalization, self.state)
         yield from self._trainer.run()
+
+    def _train_auto(self, arrays) -> Iterator[ProgressEvent]:
+        """Race the candidates (``core.auto.Race``), then become the winning neural candidate."""
+        from .auto import Race
+
+        self._race = Race(self.config, arrays)
+        try:
+            result = yield from self._race.run()
+        finally:
+            race, self._race = self._race, None
+        winner = race.winner
+        budget = {k: getattr(self.config, k) for k in ("steps", "epochs", "time_limit")}
+        self.config = TrainConfig.from_dict({**winner.config.to_dict(), **budget})
+        self.method, self.network, self.normalization = winner.method, winner.network, winner.normalization
+        self.architecture, self.state, self.sample = winner.architecture, winner.state, winner.sample
+        self.auto = result
 
     def fit(self, images, callback: Callable[[ProgressEvent], None] | None = None) -> "Denoiser":
         for event in self.train(images):
@@ -82,6 +120,7 @@ class Denoiser:
         the kept training crop is taken again from the new data."""
         if self.network is None:
             raise SelfDenoiseError("there is no trained network to fine-tune")
+        self.auto = None  # the race's scores and estimate describe the model before fine-tuning
         for key in ("depth", "features", "method"):
             if key in changes and changes[key] != getattr(self.config, key):
                 raise SelfDenoiseError(f"fine-tuning keeps the network: {key} cannot change "
@@ -112,13 +151,16 @@ class Denoiser:
 
     def stop(self) -> None:
         """Ask a running ``train`` to end after its current step (safe from another thread)."""
+        if self._race is not None:
+            self._race.stop()
         if self._trainer is not None:
             self._trainer.stop()
 
     def _build(self, channels: int, dims: int, sources) -> None:
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.architecture = self.method.architecture(channels, dims, cfg.depth, cfg.features)
+        self.architecture = check_architecture(self.method.architecture(channels, dims, cfg.depth, cfg.features),
+                                               "the requested network", SelfDenoiseError)
         if dims == 3:  # stored in the model file; files without it pool Z at every level
             planes = min(s.shape[2] for s in sources)
             self.architecture["z_levels"] = auto_z_levels(planes, cfg.depth) if cfg.z_levels is None \
@@ -174,8 +216,15 @@ class Denoiser:
                       batch_size: int | None = None, device: str | None = None):
         """``predict_outputs`` as a generator of (tiles done, total) returning the outputs dict.
 
-        During training (e.g. a live preview between steps) it uses the network where it is, as it is.
+        During training (e.g. a live preview between steps) it uses the network where it is, as it is
+        (method "auto": the candidate training now). An "auto" model whose winner is the classical filter
+        applies that filter (in memory).
         """
+        if self._race is not None and self._race.current is not None:
+            return (yield from self._race.current.predict_steps(image, axes, tile=tile, tta=tta,
+                                                                 batch_size=batch_size, device=device))
+        if self.auto is not None and self.auto.winner == CLASSIC:
+            return (yield from self._classic_steps(image, axes))
         if self.network is None:
             raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
         image = as_array(image)
@@ -191,6 +240,20 @@ class Denoiser:
         c = layout.channels
         return {name: np.ascontiguousarray(layout.from_canonical(stacked[:, k * c : (k + 1) * c]))
                 for k, name in enumerate(self.method.outputs)}
+
+    def _classic_steps(self, image, axes: str | None = None):
+        """The classical filter that won the race, on the whole image (``denoised`` only)."""
+        from .classic import denoise_classic
+
+        image = as_array(image)
+        layout = check_image(image, axes or self.config.axes)
+        self._check_compatible(layout)
+        chosen = self.auto.classic
+        yield 0, 1
+        denoised = denoise_classic(np.asarray(image), layout.axes, chosen["denoiser"], chosen["parameter"],
+                                   Normalization.from_dict(chosen["normalization"]))
+        yield 1, 1
+        return {"denoised": denoised}
 
     def predictor(self, *, tile=None, tta: bool = False, batch_size: int | None = None, device: str | None = None
                   ) -> TiledPredictor:
@@ -211,6 +274,9 @@ class Denoiser:
         Options: ``tile``, ``tta``, ``batch_size``, ``device``, ``block`` (see ``streaming``)."""
         from .streaming import predict_to_disk
 
+        if self.auto is not None and self.auto.winner == CLASSIC:
+            raise SelfDenoiseError("this auto model applies the classical filter, which works on images in "
+                                   "memory only; predict a smaller image, or train with --method n2s")
         targets = {"denoised": out, **({"noise_std": noise_std} if noise_std is not None else {})}
         return drain(predict_to_disk(self, image, axes or self.config.axes, targets, overwrite=overwrite,
                                      scale=scale, units=units, **options), progress)
@@ -240,6 +306,8 @@ class Denoiser:
             "training": {"step": self.state.step, "elapsed": self.state.elapsed,
                          "best_val_loss": self.state.best_val_loss, "scheduler": self.state.scheduler},
         }
+        if self.auto is not None:  # winner, score table, quality estimate (older versions ignore the key)
+            header["auto"] = self.auto.to_dict()
         training = None
         if include_training_state and self.state.optimizer:
             training, scalars = flatten_optimizer_state(self.state.optimizer)
@@ -255,33 +323,48 @@ class Denoiser:
         return export_bmz(self, path, **metadata)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, *, trust_code: bool = False):
         """Load a model file (.sdmodel) or a bioimage.io package (.zip).
 
         A package exported by napari-selfdenoise gives the full ``Denoiser`` again (it can go on training);
-        a foreign single-input, single-output TorchScript package gives a prediction-only
-        ``core.bmz.ForeignModel`` with the same ``predict``/``predict_outputs``/``check_axes``.
+        a foreign single-input, single-output package gives a prediction-only ``core.bmz.ForeignModel``
+        with the same ``predict``/``predict_outputs``/``check_axes``. A foreign package whose weights are
+        TorchScript is a program written by its author: it is refused (``UntrustedCodeError``) unless
+        ``trust_code=True``, and then runs in a separate, memory-bounded process (``core.sandbox``).
         """
         from .bmz import is_bmz_package, load_bmz
 
         if is_bmz_package(path):
-            return load_bmz(path)
+            return load_bmz(path, trust_code)
         return cls._from_contents(load_model(path), path)
 
     @classmethod
     def _from_contents(cls, contents, path) -> "Denoiser":
-        header = contents.header
+        """A model from a file's parts (the header was checked by ``modelfile.check_header``); anything
+        that still does not fit is one ``ModelFileError``, never another exception type."""
         try:
-            model = cls(config=TrainConfig.from_dict(header["config"]))
-            model.architecture = dict(header["architecture"])
-            model.normalization = Normalization.from_dict(header["normalization"])
-            model.network = build_network(model.architecture)
-            model.network.load_state_dict(contents.weights)
-        except SelfDenoiseError:
+            return cls._build_from_contents(contents, path)
+        except ModelFileError:
             raise
-        except (TypeError, KeyError, ValueError, RuntimeError) as err:
-            raise ModelFileError(f"{path}: the model does not match its description ({err})") from err
-        training = header.get("training", {})
+        except SelfDenoiseError as err:  # e.g. a config value out of range
+            raise ModelFileError(f"{path}: {err}") from err
+        except (TypeError, KeyError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError,
+                RecursionError) as err:
+            raise ModelFileError(f"{path}: the model does not match its description "
+                                 f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from err
+
+    @classmethod
+    def _build_from_contents(cls, contents, path) -> "Denoiser":
+        header = contents.header
+        config = TrainConfig.from_dict(header["config"])
+        config.method_options = options_from_file(config.method, config.method_options)
+        model = cls(config=config)
+        model.architecture = check_architecture(header["architecture"], path)
+        model.normalization = Normalization.from_dict(header["normalization"])
+        check_finite_weights(contents.weights, path)
+        model.network = build_network(model.architecture)
+        model.network.load_state_dict(contents.weights)
+        training = header.get("training") or {}
         model.state = TrainingState(
             step=int(training.get("step", 0)), elapsed=float(training.get("elapsed", 0.0)),
             best_val_loss=training.get("best_val_loss"), history=header.get("history") or TrainingState().history,
@@ -289,7 +372,11 @@ class Denoiser:
             optimizer=unflatten_optimizer_state(contents.training, training["optimizer"])
             if contents.training and "optimizer" in training else None,
         )
-        model.package_version = header.get("package_version", __version__)
+        if model.state.optimizer is not None:
+            _check_optimizer_state(model, path)
+        model.package_version = str(header.get("package_version", __version__))
+        if isinstance(header.get("auto"), dict):  # TypeError, KeyError, ValueError: a ModelFileError above
+            model.auto = AutoResult.from_dict(header["auto"])
         sample = contents.sample.get("sample")
         if sample is not None and sample.dim() == model.architecture["dims"] + 2:
             model.sample = sample.float().numpy()
@@ -315,6 +402,20 @@ def sample_crop(canonical, depth: int) -> np.ndarray:
         return None  # smaller than the network's grid: no sample (an export then asks for an image)
     box = tuple(slice((size - edge) // 2, (size - edge) // 2 + edge) for size, edge in zip(spatial, edges))
     return np.ascontiguousarray(np.asarray(canonical[(slice(0, 1), slice(None), *box)]), dtype=np.float32)
+
+
+def _check_optimizer_state(model: "Denoiser", path) -> None:
+    """The saved Adam moments must belong to this network: one finite tensor of each parameter's shape.
+    (A state from a version with other parameter groups is left to the trainer, which starts afresh.)"""
+    params = [p for group in model.method.parameter_groups(model.network, 1.0) for p in group["params"]]
+    for param_id, entries in model.state.optimizer["state"].items():
+        if not 0 <= param_id < len(params):
+            raise ModelFileError(f"{path}: the optimizer state names parameter {param_id}, which the network "
+                                 "does not have; the file was edited or crafted")
+        for key, value in entries.items():
+            if value.dim() and (value.shape != params[param_id].shape or not bool(torch.isfinite(value).all())):
+                raise ModelFileError(f"{path}: the optimizer state {param_id}.{key} does not fit the network's "
+                                     "parameter (or is not finite); the file was edited or crafted")
 
 
 def _first_sources(sources):

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .. import __version__
+from .atomic import atomic_write
 from .errors import ModelFileError, SelfDenoiseError
 
 FORMAT = "napari-selfdenoise-model"
@@ -41,6 +42,7 @@ _MAX_ENTRY_BYTES = 2 * 1024**3
 _MAX_TOTAL_BYTES = 8 * 1024**3
 _MAX_ENTRIES = 10_000
 _MAX_RATIO = 200
+_MAX_HEADER_BYTES = 64 * 1024**2  # a JSON header: history of a very long run included
 
 
 @dataclass
@@ -74,30 +76,18 @@ def _write_zip(target, header, weights, training, sample) -> None:
 def save_model(path, header: dict[str, Any], weights: dict[str, torch.Tensor],
                training: dict[str, torch.Tensor] | None = None,
                sample: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed when complete."""
+    """Write atomically (``atomic.atomic_write``): a temporary file in the same folder, renamed when complete."""
     path = Path(path)
     if not path.parent.exists():
         raise SelfDenoiseError(f"the folder {path.parent} does not exist; create it first")
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
-    tmp.close()
-    try:
-        _write_zip(tmp.name, header, weights, training, sample)
-        publish(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        _write_zip(tmp, header, weights, training, sample)
     return path
 
 
-def publish(tmp, path) -> None:
-    """Give a finished temporary file the usual permissions (it was created private) and move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, zlib.error, NotImplementedError)
+# RuntimeError: zipfile's "File ... is encrypted, password required" (open_zip refuses encrypted entries first)
+ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, zlib.error, NotImplementedError,
+              RuntimeError)
 
 
 def check_zip_file(path, kind: str = "napari-selfdenoise model file or bioimage.io package") -> Path:
@@ -125,6 +115,9 @@ def open_zip(source: "str | os.PathLike | IO[bytes]", path) -> zipfile.ZipFile:
             raise ModelFileError(f"{path}: the archive has {len(infos)} entries; refusing to read it")
         total = 0
         for info in infos:
+            if info.flag_bits & 0x1:
+                raise ModelFileError(f"{path}: the archive's entry {info.filename!r} is encrypted; napari-selfdenoise "
+                                     "reads unencrypted archives only (unpack it and zip it again without a password)")
             if unsafe_name(info.filename):
                 raise ModelFileError(f"{path}: the archive holds an entry named {info.filename!r}, which "
                                      "points outside the archive's folder; refusing to read it")
@@ -188,23 +181,138 @@ _read_entry = read_entry
 
 def _read_header(archive, path) -> dict[str, Any]:
     try:
-        header = json.loads(_read_entry(archive, HEADER, path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path}: the model header is not valid JSON ({err})") from err
+        header = json.loads(_read_entry(archive, HEADER, path, limit=_MAX_HEADER_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError; >4300-digit ints
+        raise ModelFileError(f"{path}: the model header is not valid JSON ({_short(err)}); the file is "
+                             "damaged or was not written by napari-selfdenoise") from err
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a napari-selfdenoise model file (unknown format)")
     version = header.get("format_version")
-    if not isinstance(version, int):
+    if not _is_int(version) or version < 1:
         raise ModelFileError(f"{path}: the model header has no valid format_version")
     if version > FORMAT_VERSION:
+        shown = version if version < 10**6 else "a larger number"
         raise ModelFileError(
-            f"{path} was saved by a newer napari-selfdenoise (model format {version}, this version "
+            f"{path} was saved by a newer napari-selfdenoise (model format {shown}, this version "
             f"reads up to {FORMAT_VERSION}, package {__version__}); upgrade napari-selfdenoise to load it"
         )
     for key in ("config", "normalization", "architecture"):
         if key not in header:
             raise ModelFileError(f"{path}: the model header lacks {key!r}; the file is incomplete")
+    check_header(header, path)
     return header
+
+
+def _short(err: BaseException) -> str:
+    text = str(err)
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Bounds on what a model file may ask for: far above any model of ours (the defaults: depth 2, 32 features,
+# 0.5 M parameters), far below what would exhaust a workstation's memory when the network is built.
+ARCHITECTURE_LIMITS = {"in_channels": (1, 64), "out_channels": (1, 128), "depth": (1, 6), "features": (1, 512),
+                       "mixture": (1, 16), "noise_features": (1, 512)}
+MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights
+
+
+def check_architecture(architecture, where, error: type[SelfDenoiseError] = ModelFileError) -> dict[str, Any]:
+    """Refuse an architecture whose sizes are not plain integers in range, or whose network would be
+    absurdly large, before any of it is allocated (the parameters are counted on torch's "meta" device,
+    which allocates nothing). Returns it as a dict."""
+    from .networks import build_network
+
+    if not isinstance(architecture, dict):
+        raise error(f"{where}: the network description is not a mapping; the file is damaged")
+    kind = architecture.get("kind", "unet")
+    if kind not in ("unet", "nnet"):
+        raise error(f"{where}: unknown network kind {str(kind)[:40]!r}; this model needs a newer "
+                    "napari-selfdenoise")
+    if architecture.get("dims") not in (2, 3) or isinstance(architecture.get("dims"), bool):
+        raise error(f"{where}: the network's dims must be 2 or 3, not {str(architecture.get('dims'))[:40]}")
+    for key, (low, high) in ARCHITECTURE_LIMITS.items():
+        value = architecture.get(key)
+        if value is None and key not in ("in_channels", "depth", "features"):
+            continue
+        if not _is_int(value) or not low <= value <= high:
+            raise error(f"{where}: the network's {key} must be an integer from {low} to {high}, not "
+                        f"{str(value)[:40]}; the file is damaged or was crafted")
+    z_levels = architecture.get("z_levels")
+    if z_levels is not None and (not _is_int(z_levels) or not 0 <= z_levels <= architecture["depth"]):
+        raise error(f"{where}: the network's z_levels must be an integer from 0 to its depth")
+    for key in ("n2v2", "structure"):
+        if not isinstance(architecture.get(key, False), bool):
+            raise error(f"{where}: the network's {key} must be true or false")
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in build_network(architecture).parameters())
+    except SelfDenoiseError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise error(f"{where}: the network description is not understood ({_short(err)})") from err
+    if count > MAX_PARAMETERS:
+        raise error(f"{where}: the network would have {count / 1e6:.0f} million parameters (at most "
+                    f"{MAX_PARAMETERS // 1_000_000} million are allowed); use a smaller depth or features")
+    return dict(architecture)
+
+
+def check_header(header: dict[str, Any], path) -> None:
+    """The types and ranges of everything ``Denoiser.load`` reads from a header, each refused in one line."""
+    if not isinstance(header["config"], dict):
+        raise ModelFileError(f"{path}: the model header's config is not a mapping; the file is damaged")
+    if not isinstance(header["config"].get("method_options", {}), dict):
+        raise ModelFileError(f"{path}: the model header's method_options is not a mapping")
+    architecture = check_architecture(header["architecture"], path)
+    norm = header["normalization"]
+    channels = architecture["in_channels"]
+    if not (isinstance(norm, dict) and isinstance(norm.get("mode"), str)
+            and all(isinstance(norm.get(k), list) and len(norm[k]) == channels for k in ("offset", "scale"))):
+        raise ModelFileError(f"{path}: the model's normalisation is not a mode with one offset and scale per "
+                             "channel; the file is damaged")
+    if not all(_is_number(v) for v in norm["offset"] + norm["scale"]) or not all(v > 0 for v in norm["scale"]):
+        raise ModelFileError(f"{path}: the model's normalisation has a scale that is zero, negative or not a "
+                             "finite number (or an offset that is not finite); the model cannot be used")
+    training = header.get("training")
+    if training is None:
+        return
+    if not isinstance(training, dict):
+        raise ModelFileError(f"{path}: the model header's training entry is not a mapping; the file is damaged")
+    if not _is_int(training.get("step", 0)) or training.get("step", 0) < 0:
+        raise ModelFileError(f"{path}: the model header's training step is not a non-negative integer")
+    for key in ("elapsed", "best_val_loss"):
+        value = training.get(key)
+        if value is not None and not _is_number(value):
+            raise ModelFileError(f"{path}: the model header's training {key} is not a number")
+    for key in ("scheduler", "optimizer"):
+        if training.get(key) is not None and not isinstance(training[key], dict):
+            raise ModelFileError(f"{path}: the model header's training {key} is not a mapping")
+    optimizer = training.get("optimizer")
+    if optimizer is not None and not (
+            isinstance(optimizer.get("param_groups"), list) and isinstance(optimizer.get("state"), dict)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) and all(_is_int(i) for i in g["params"])
+                    and _is_number(g.get("lr")) for g in optimizer["param_groups"])
+            and all(isinstance(k, str) and k.isdigit() and isinstance(v, dict)
+                    and all(_is_number(x) for x in v.values()) for k, v in optimizer["state"].items())):
+        raise ModelFileError(f"{path}: the model's optimizer state is damaged (bad parameter groups or "
+                             "entries); the file was edited or crafted")
+    history = header.get("history")
+    if history is not None and not (isinstance(history, dict) and all(isinstance(v, list) for v in history.values())):
+        raise ModelFileError(f"{path}: the model header's history is not a mapping of lists")
+
+
+def check_finite_weights(weights: dict[str, torch.Tensor], path) -> None:
+    """Refuse weights that hold NaN or infinity: such a network turns every image into NaN."""
+    for key, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"{path}: the weights {key} hold NaN or infinite values; the model is broken "
+                                 "(training diverged, or the file was edited); train it again")
 
 
 def _read_tensors(archive, name: str, path) -> dict[str, torch.Tensor]:
