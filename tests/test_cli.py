@@ -230,7 +230,7 @@ def test_demo_prints_psnr_gain(tmp_path):
 def test_time_limit_ends_training(tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", noisy_image())
     start = time.perf_counter()
-    proc = run("train", tmp_path / "in.tif", "--time-limit", "2", "--patch", "32", "--batch", "4",
+    proc = run("train", tmp_path / "in.tif", "--method", "n2v2", "--time-limit", "2", "--patch", "32", "--batch", "4",
                "--features", "8", "--out", tmp_path / "m.sdmodel")
     took = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
@@ -246,7 +246,7 @@ def test_interrupt_writes_nothing(tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", noisy_image())
     before = listing(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "napari_selfdenoise.cli", "train", str(tmp_path / "in.tif"),
-                             "--steps", "100000", "--patch", "32", "--batch", "4", "--features", "8",
+                             "--method", "n2v2", "--steps", "100000", "--patch", "32", "--batch", "4", "--features", "8",
                              "--out", str(tmp_path / "m.sdmodel")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("training")  # printed just before training starts

@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "only rank 0 validates, shows progress and writes the model.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images (.tif, .ome.tif, .npy)")
     p.add_argument("--out", "-o", required=True, metavar="MODEL", help="model file to write (.sdmodel)")
-    p.add_argument("--method", metavar="METHOD", help="one of: {methods} (default n2v2)")
+    p.add_argument("--method", metavar="METHOD",
+                   help="auto (the default: trains the classic filter and n2s, nnet, n2same, drops the worse "
+                        "ones early by their self-supervised score and keeps the best; --option "
+                        "candidates=n2s,nnet chooses them) or one of: {methods}")
     p.add_argument("--axes", help="axes of the inputs, e.g. YX, ZYX, TYX, CYX (default: from the file)")
     budget = p.add_argument_group("budget (the first one reached ends training; none given: 2000 steps)")
     budget.add_argument("--steps", type=int, help="training steps")
@@ -130,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "has calibrate=false to keep the jointly trained noise model")
     p.add_argument("--mixture", type=int, metavar="K",
                    help="nnet: noise model as a mixture of K Gaussians (1-3; 1 = a single Gaussian)")
+    _add_trust_code(p)
     p.set_defaults(func=cmd_train)
 
     # ---- predict
@@ -161,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     big.add_argument("--dask-scheduler", metavar="ADDRESS",
                      help="predict blocks on a running dask.distributed cluster, e.g. tcp://node:8786 "
                           "(inputs, outputs and the model on a shared file system; writes .ome.zarr)")
+    _add_trust_code(p)
     p.set_defaults(func=cmd_predict)
 
     # ---- calibrate
@@ -204,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
     p.add_argument("--bins", type=int, default=10, help="signal bins (default 10)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    _add_trust_code(p)
     p.set_defaults(func=cmd_noise)
 
     p = commands.add_parser("export", parents=[common], formatter_class=_HelpFormatter,
@@ -228,13 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate", action="store_true",
                    help="also test the package with bioimageio.core before writing it (needs the [bmz] "
                         "extra; a few seconds)")
+    _add_trust_code(p)
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("info", parents=[common], formatter_class=_HelpFormatter,
                             help="describe a model file", description="Describe a model file or bioimage.io package.")
     p.add_argument("model", metavar="MODEL", help="model file (.sdmodel) or bioimage.io package (.zip)")
+    _add_trust_code(p)
     p.set_defaults(func=cmd_info)
     return parser
+
+
+def _add_trust_code(parser) -> None:
+    parser.add_argument(
+        "--trust-code", action="store_true",
+        help="run the TorchScript weights of a foreign bioimage.io package: a program written by the "
+             "package's author, which runs with your permissions (in a separate, memory-bounded process); "
+             "only for packages whose author you trust (default: refused)")
 
 
 def main(argv=None) -> int:
@@ -326,10 +342,11 @@ def _check_device(name: str):
     return resolve_device(name)
 
 
-def _check_method(name: str) -> str:
+def _check_method(name: str, auto: bool = False) -> str:
+    from .core.auto import AUTO
     from .core.methods import CLASSIC, method_names
 
-    names = method_names(include_classic=False)
+    names = ([AUTO] if auto else []) + method_names(include_classic=False)
     if name not in names:
         hint = " (the classic baseline is 'selfdenoise calibrate')" if name == CLASSIC else ""
         raise SelfDenoiseError(f"unknown method {name!r}{hint}; choose one of: {', '.join(names)}")
@@ -445,11 +462,15 @@ def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
               dynamic_ncols=True, bar_format=fmt, leave=True) as bar:
         for event in model.train(images):
             stage = event.extra.get("stage")  # a finishing step after the last step (N-net's calibration)
+            if not by_time and event.max_steps and event.max_steps - first_step != bar.total:
+                bar.total = event.max_steps - first_step  # auto: every candidate's steps
             if stage is None:
                 last = event
                 if event.val_loss is not None:
                     val = event.val_loss
                 postfix = {"loss": _loss(event.train_loss)}
+                if "candidate" in event.extra:
+                    postfix = {"method": event.extra["candidate"], **postfix}
                 if val is not None:
                     postfix["val"] = _loss(val)
                 if by_time:
@@ -488,7 +509,7 @@ def cmd_train(args) -> int:
         start = _load_start_model(args, given)
         method = start.config.method
     else:
-        method = _check_method(args.method or "n2v2")
+        method = _check_method(args.method or "auto", auto=True)
     options = _parse_options(args.option)
     if args.mixture is not None:
         options["mixture"] = args.mixture
@@ -536,7 +557,12 @@ def _train_and_save(model, images, out, device, group, quiet: bool, start_from=N
         if group.active else str(device)
     verb = f"fine-tuning {method} (from {Path(start_from).name}, {model.state.step} steps)" if start_from \
         else f"training {method}"
-    if group.is_main and model.method.options.get("blind_radius") == 0:  # methods with the option, left at 0
+    if model.method is None:  # auto: the candidates race
+        from .core.auto import check_candidates
+
+        verb += f" (the classic filter, then {', '.join(check_candidates(config.method_options))} race)"
+    options = model.method.options if model.method is not None else {"blind_radius": 0, **config.method_options}
+    if group.is_main and options.get("blind_radius") == 0:  # methods with the option, left at 0
         _hint_blind_radius(images[0], "--option blind_radius=2")
     say(f"{verb} on {len(images)} image(s) ({config.axes}: {sizes}) for "
         f"{' or '.join(b for b in budget if b)} on {where}")
@@ -550,16 +576,27 @@ def _train_and_save(model, images, out, device, group, quiet: bool, start_from=N
     model.save(out)
     state = model.state
     done = f"{state.step - first_step} more steps ({state.step} in all)" if start_from else f"{state.step} steps"
+    if model.auto is not None:
+        say(_auto_summary(model.auto))
+        method = f"auto (winner {model.auto.winner}; network {model.config.method})"
     say(f"trained {method} for {done} in {_duration(time.perf_counter() - started)}, "
         f"best validation loss {_loss(state.best_val_loss)}; model saved to {out}")
     return 0
 
 
+def _auto_summary(auto) -> str:
+    """The score table, winner and quality estimate of an auto model (train summary, info)."""
+    lines = ["self-supervised score (masked-pixel loss on the same held-out pixels; lower is better):"]
+    lines += [f"  {line}" for line in auto.table().splitlines()]
+    lines.append(f"winner: {auto.winner}")
+    if auto.estimate is not None:
+        lines.append(f"quality estimate: {auto.estimate.text()}")
+    return "\n".join(lines)
+
+
 def _load_start_model(args, given):
     """The model that ``train --from`` continues, with the options that cannot change checked."""
-    from .core.denoiser import Denoiser
-
-    model = Denoiser.load(args.start_from)
+    model = _load_ours(args.start_from, args.trust_code, "fine-tuned")
     if not getattr(model, "trainable", False):
         raise SelfDenoiseError(f"{args.start_from} is a foreign bioimage.io model (prediction only); only "
                                "models trained with napari-selfdenoise can be fine-tuned")
@@ -615,8 +652,12 @@ def cmd_predict(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise SelfDenoiseError("--workers must be a positive number of processes")
     distributed = args.workers is not None or bool(args.dask_scheduler)
-    model = Denoiser.load(args.model)
-    name = f"model {Path(args.model).name} (method {model.config.method})"
+    model = Denoiser.load(args.model, trust_code=args.trust_code)
+    if distributed and not getattr(model, "trainable", False):
+        raise SelfDenoiseError(f"{args.model} is a foreign bioimage.io model; it runs in this process only "
+                               "(leave out --workers and --dask-scheduler)")
+    applied = _applied_method(model)
+    name = f"model {Path(args.model).name} (method {applied})"
     if args.noise_std and "noise_std" not in model.method.outputs:
         raise SelfDenoiseError(f"{name} has no noise-std output; only nnet models do")
     _check_device(args.device)
@@ -656,8 +697,14 @@ def cmd_predict(args) -> int:
         else:
             _predict_in_memory(args, model, path, target, std_target, label)
         _say(f"{path} -> {target}" + (f" and {std_target}" if std_target is not None else ""))
-    _say(f"denoised {n} image(s) with {model.config.method} in {_duration(time.perf_counter() - started)}")
+    _say(f"denoised {n} image(s) with {applied} in {_duration(time.perf_counter() - started)}")
     return 0
+
+
+def _applied_method(model) -> str:
+    """The method a model applies: an auto model's winner (the classic filter, or its network's method)."""
+    auto = getattr(model, "auto", None)
+    return f"{auto.winner}, chosen by auto" if auto is not None else model.config.method
 
 
 def _is_zarr(path) -> bool:
@@ -897,7 +944,7 @@ def cmd_noise(args) -> int:
     out = _check_output_file(args.out, "curve file")
     if args.bins < 1:
         raise SelfDenoiseError("--bins must be a positive integer")
-    model = Denoiser.load(args.model)
+    model = Denoiser.load(args.model, trust_code=args.trust_code)
     image = _read(args.input, args.axes, model.config.axes)
     layout = _check_input(image, Path(args.input).name)
     model._check_compatible(layout)
@@ -927,13 +974,12 @@ def _z_pooling(arch: dict) -> str:
 
 def cmd_export(args) -> int:
     from .core.bmz import _check_target, export_bmz
-    from .core.denoiser import Denoiser
 
     target = Path(args.bmz)
     _check_target(target)
     if args.validate:
         _bioimageio_core()  # before any work: the extra may be missing
-    model = Denoiser.load(args.model)
+    model = _load_ours(args.model, args.trust_code, "exported")
     if not getattr(model, "trainable", False):
         raise SelfDenoiseError(f"{args.model} is a foreign bioimage.io model; it is already a package")
     image = None
@@ -981,10 +1027,25 @@ def _validate_package(path) -> None:
                                "nothing was written")
 
 
+def _load_ours(path, trust_code: bool, what: str):
+    """A model for train --from and export: foreign TorchScript is refused as foreign (trust would not help)."""
+    from .core.denoiser import Denoiser
+    from .core.errors import UntrustedCodeError
+
+    try:
+        return Denoiser.load(path, trust_code=trust_code)
+    except UntrustedCodeError:
+        raise SelfDenoiseError(f"{path} is a foreign bioimage.io model (prediction only); only models trained "
+                               f"with napari-selfdenoise can be {what}") from None
+
+
 def cmd_info(args) -> int:
+    from .core.bmz import is_bmz_package, load_bmz
     from .core.denoiser import Denoiser
 
-    model = Denoiser.load(args.model)
+    # A foreign package is described even when its code is not trusted (its weights are then not loaded).
+    model = load_bmz(args.model, args.trust_code, describe_untrusted=True) if is_bmz_package(args.model) \
+        else Denoiser.load(args.model)
     if not getattr(model, "trainable", False):
         rows = model.describe()
         width = max(len(k) for k, _ in rows)
@@ -1012,6 +1073,11 @@ def cmd_info(args) -> int:
     ]
     if config.method_options:
         rows.append(("options", ", ".join(f"{k}={v}" for k, v in config.method_options.items())))
+    if model.auto is not None:
+        rows.append(("auto", f"winner {model.auto.winner}" + (f" (applied; network {config.method} kept)"
+                                                             if model.auto.winner != config.method else "")))
+        rows.append(("scores", "\n" + "\n".join(f"  {line}" for line in model.auto.table().splitlines())))
+        rows.append(("quality", model.auto.estimate.text() if model.auto.estimate else "-"))
     rows.append(("saved by", f"napari-selfdenoise {version} (this is {__version__})"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -5,7 +5,8 @@ turn each message into a plot point, a progress bar value or a preview layer on 
 job itself knows nothing of Qt or napari, so the tests drive it directly.
 
 Messages: ``training.ProgressEvent`` (one per step), ``Preview`` (the denoised preview crop, every few
-seconds of training) and ``Stage`` (progress of prediction or calibration).
+seconds of training) and ``Stage`` (progress of prediction or calibration). ``auto_job`` (method "auto")
+adds the live score table to every event (``event.extra["scores"]``, see ``Denoiser``).
 """
 
 from __future__ import annotations
@@ -98,13 +99,55 @@ def train_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | 
     for event in denoiser.train(data):
         last = event
         yield event
-        if preview is not None and not event.done and "stage" not in event.extra \
+        if preview is not None and not event.done and "stage" not in event.extra and "classic" not in event.extra \
                 and event.elapsed >= next_preview:
             outputs = yield from staged("previewing", denoiser.predict_steps(image[preview]))
             yield Preview(outputs, preview, event.step)
             next_preview = event.elapsed + PREVIEW_EVERY
     outputs = yield from staged("predicting", predict_any_size(denoiser, image, tta=tta))
     return JobResult(outputs, stopped=bool(last is not None and last.stopped))
+
+
+def auto_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | None = None,
+             preview: tuple[slice, ...] | None = None, tta: bool = False):
+    """``train_job`` for method "auto" (``Denoiser()`` or ``Denoiser("auto", ...)``): race the candidates
+    (``core.auto``) and denoise the whole image with the winner.
+
+    Messages, in order:
+    - the first ``ProgressEvent`` (step 0, seconds after the start) has ``extra["classic"]`` (the
+      ``classic.CalibrationResult``) and ``extra["classic_options"]`` ({denoiser, parameter_name, parameter,
+      normalization, blind_radius}); with ``preview`` a ``Preview`` of the classical filter follows at once;
+    - then one ``ProgressEvent`` per training step of the candidate in ``extra["candidate"]`` ("n2s", ...),
+      ``step``/``max_steps`` counted over all candidates (the planned race), ``elapsed`` the race's time;
+      ``Preview``s of the candidate training now, every few seconds;
+    - every event has ``extra["scores"]``: the live table, a list of dicts {method, score, stderr, steps,
+      status ("running", "dropped", "winner"), elapsed}, the classic filter first; score is the masked-pixel
+      loss on the held-out pixels (squared image units, lower is better; None until first scored);
+    - the last event (``done``) has ``extra["auto"]``: the ``auto.AutoResult`` (winner, scores, estimate:
+      a ``QualityEstimate`` with ``reliable``, ``psnr``, ``psnr_low``/``psnr_high``, ``text()``).
+    The ``JobResult`` holds the winner's outputs and ``extra["auto"]`` (also ``denoiser.auto``, and in the
+    saved model file); ``denoiser.stop()`` ends the race early (the best candidate so far wins).
+    """
+    from .classic import denoise_classic
+    from .normalize import Normalization
+
+    steps = train_job(denoiser, image, regions, preview, tta)
+    while True:
+        try:
+            message = next(steps)
+        except StopIteration as end:
+            result = end.value
+            break
+        yield message
+        chosen = getattr(message, "extra", {}).get("classic_options")
+        if chosen is not None and preview is not None:
+            crop = np.asarray(image[preview])
+            yield Stage("previewing", 0, 1)
+            denoised = denoise_classic(crop, denoiser.config.axes, chosen["denoiser"], chosen["parameter"],
+                                       Normalization.from_dict(chosen["normalization"]))
+            yield Preview({"denoised": denoised}, preview, 0)
+    result.extra["auto"] = denoiser.auto
+    return result
 
 
 def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = None, blind_radius: int = 0):
