@@ -26,7 +26,9 @@ class LayerPicker(QComboBox):
 
     def refresh(self, *_) -> None:
         current = self.currentText()
-        names = [layer.name for layer in self.viewer.layers if layer.__class__.__name__ in self.kinds]
+        layers = [layer for layer in self.viewer.layers if layer.__class__.__name__ in self.kinds
+                  and not (layer.metadata or {}).get("preview")]  # a live preview is no input
+        names = [layer.name for layer in layers]
         if self.none_label:
             names.insert(0, self.none_label)
         self.blockSignals(True)
@@ -34,8 +36,10 @@ class LayerPicker(QComboBox):
         self.addItems(names)
         if current in names:
             self.setCurrentText(current)
-        elif names and self.none_label is None:
-            self.setCurrentIndex(len(names) - 1)  # the newest layer
+        elif layers and self.none_label is None:
+            # the newest visible layer: a sample's hidden "(clean)" reference is not what to denoise
+            visible = [layer for layer in layers if layer.visible] or layers
+            self.setCurrentText(visible[-1].name)
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())
@@ -81,6 +85,28 @@ def notify_error(err: Exception) -> None:
     from ..core.errors import SelfDenoiseError
 
     show_error(str(err) if isinstance(err, SelfDenoiseError) else f"{type(err).__name__}: {err}")
+
+
+def rate_text(patches_per_second: float) -> str:
+    """Training speed that stays informative when slow (a 3D network on a busy CPU: under 1 patch/s)."""
+    if patches_per_second >= 10:
+        return f"{patches_per_second:.0f} patches/s"
+    if patches_per_second >= 0.5:
+        return f"{patches_per_second:.1f} patches/s"
+    if patches_per_second > 0:
+        return f"{1 / patches_per_second:.0f} s/patch"
+    return "measuring speed"
+
+
+def scrolling(content):
+    """``content`` in a vertical scroll area: a dock widget taller than a laptop screen stays usable."""
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(content)
+    return area
 
 
 def duration(seconds: float | None) -> str:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QVBoxLayout,
+                            QWidget)
 from superqt import QCollapsible
 
 from .._layers import (check_layer, layer_axes, placement, result_layer_kwargs, shape_boxes,
                        view_position)
 from ..core.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
 from ..core.errors import SelfDenoiseError
-from .common import LayerPicker, duration, notify_error, on_array, start_job
+from .common import LayerPicker, duration, notify_error, on_array, rate_text, scrolling, start_job
 from .plots import LossPlot, NoisePlot, theme_colors
 
 CLASSIC = "classic"
@@ -30,8 +31,16 @@ METHOD_OPTIONS = ((("n2same",), "lambda_inv", "λ invariance"), (("nnet",), "mix
                   (("n2s", "n2v", "n2v2", "n2same", "nnet", "classic"), "blind_radius", "blind radius"))
 
 
+# What a run is doing, as the status line and ``state_changed`` say it. ACTIVE ones can be paused.
+STATES = ("idle", "starting", "running", "paused", "stopping", "finishing", "predicting", "cancelled", "done",
+          "failed")
+ACTIVE = ("starting", "running", "stopping", "finishing", "predicting")
+
+
 class TrainWidget(QWidget):
     """Train a self-supervised denoiser on an image layer and add the denoised result as new layers."""
+
+    state_changed = Signal(str)  # one of STATES, whenever it changes
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -42,6 +51,11 @@ class TrainWidget(QWidget):
         self.run = None  # what the running job works on: source layer, axes, method, ...
         self.first_preview_seconds = None  # from pressing Train to the first preview (benchmark B4)
         self.closed = False
+        self.state = self.phase = "idle"
+        self.paused, self.detail, self.phase_started = False, "", time.monotonic()
+        self.clock = QTimer(self)  # refreshes the status line of a stage that reports no progress
+        self.clock.setInterval(1000)
+        self.clock.timeout.connect(self._render_status)
         self._build()
         self.image_picker.currentTextChanged.connect(self._layer_changed)
         self.axes_edit.textChanged.connect(self._validate_axes)
@@ -158,16 +172,26 @@ class TrainWidget(QWidget):
         self.loss_plot = LossPlot(colors)
         self.noise_plot = NoisePlot(colors)
 
-        layout = QVBoxLayout(self)
+        self.plots = QTabWidget()  # one plot at a time: a laptop screen has no room for both
+        self.plots.addTab(self.loss_plot, "Loss")
+        self.plots.addTab(self.noise_plot, "Noise level")
+        self.plots.setToolTip("Loss: training (running mean) and validation loss per step. Noise level: the "
+                              "noise std against the signal (measured on the result; N-net also predicts it)")
+
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addWidget(self.advanced)
         layout.addLayout(buttons)
         layout.addLayout(export_row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(self.loss_plot)
-        layout.addWidget(self.noise_plot)
+        layout.addWidget(self.plots)
         layout.addStretch()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll_area = scrolling(content)
+        outer.addWidget(self.scroll_area)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -243,9 +267,13 @@ class TrainWidget(QWidget):
             self._validate_axes()
             return True
         from ..core.denoiser import Denoiser
+        from ..core.errors import UntrustedCodeError
 
         try:
-            model = Denoiser.load(path)
+            try:
+                model = Denoiser.load(path)
+            except UntrustedCodeError:
+                model = None  # foreign TorchScript: refused as foreign, never run
             if not getattr(model, "trainable", False):
                 raise SelfDenoiseError(f"{path} is a foreign bioimage.io model (prediction only); only models "
                                        "trained with napari-selfdenoise can be fine-tuned")
@@ -292,11 +320,18 @@ class TrainWidget(QWidget):
             notify_error(err)
             return
         self.run, self.first_preview_seconds = run, None
+        if self.denoiser is not None:  # fine-tuning continues a model's counters: progress is this run's
+            run.update(step0=self.denoiser.state.step, elapsed0=self.denoiser.state.elapsed,
+                       time_limit=self.denoiser.config.time_limit)
         self.loss_plot.clear_data()
         self.noise_plot.clear_data()
         self.losses = {"step": [], "train": [], "val_step": [], "val": []}
-        self.status.setText("Starting...")
+        self.paused = False
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self._set_phase("starting", "Starting...")
         self.worker = start_job(job, self._on_message, self._on_result, self._on_error, self._on_finished)
+        self.clock.start()
         self._set_running(True)
 
     def _prepare(self):
@@ -342,11 +377,12 @@ class TrainWidget(QWidget):
         if self.worker is None:
             return
         self.pause_button.setText("Resume" if paused else "Pause")
+        self.paused = paused
         if paused:
             self.worker.pause()
-            self.status.setText(self.status.text() + " · paused")
         else:
             self.worker.resume()
+        self._render_status()
 
     def stop(self) -> None:
         """End training after the current step; the best weights so far denoise the image. Pressed while
@@ -358,11 +394,42 @@ class TrainWidget(QWidget):
         training = self.denoiser is not None and self.run.get("stage") is None
         if training:
             self.denoiser.stop()
-            self.status.setText("Stopping after this step; then denoising with the best weights...")
+            self._set_phase("stopping", "Stopping after this step; then denoising with the best weights...")
         else:
-            self.run["cancelled"] = True
-            self.worker.quit()
-            self.status.setText("Cancelled.")
+            self.cancel()
+
+    def cancel(self, why: str = "Cancelled.") -> None:
+        """End the run now; nothing is added, and no late message overwrites ``why``."""
+        if self.worker is None:
+            return
+        self.run["cancelled"] = True
+        if self.denoiser is not None:
+            self.denoiser.stop()
+        self.worker.quit()
+        self._remove_preview()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self._set_phase("cancelled", why)
+
+    # ------------------------------------------------------------ status line
+    def _set_phase(self, phase: str, detail: str) -> None:
+        """What the run is doing (one of STATES) and its details; shown at once, and kept: a message
+        that arrives later (a step in flight) cannot overwrite a pause, a stop or a cancellation."""
+        if phase != self.phase:
+            self.phase, self.phase_started = phase, time.monotonic()
+        self.detail = detail
+        self._render_status()
+
+    def _render_status(self) -> None:
+        detail = self.detail
+        if self.phase == "finishing":  # no progress of its own: show that it is alive, and for how long
+            detail += f" {duration(time.monotonic() - self.phase_started)} so far (once, after training)"
+        paused = self.paused and self.phase in ACTIVE
+        self.status.setText(f"Paused (press Resume) · {detail}" if paused else detail)
+        state = "paused" if paused else self.phase
+        if state != self.state:
+            self.state = state
+            self.state_changed.emit(state)
 
     def save_model(self, path=None):
         """Save the trained model (with its training history) to a model file."""
@@ -418,6 +485,8 @@ class TrainWidget(QWidget):
         from ..core.steps import Stage
         from ..core.training import ProgressEvent
 
+        if self.run is None or self.run.get("cancelled"):
+            return  # sent before the cancellation reached the worker
         if isinstance(message, ProgressEvent):
             self._on_progress(message)
         elif isinstance(message, Preview):
@@ -427,12 +496,18 @@ class TrainWidget(QWidget):
                 self.run["stage"] = message.name
                 self.progress.setRange(0, message.total)
                 self.progress.setValue(message.done)
-                self.status.setText(f"{message.name.capitalize()}: {message.done}/{message.total}")
+                self.progress.setFormat(f"{message.name} %p%")
+                what = {"predicting": "Denoising the whole image with the best weights"}.get(
+                    message.name, message.name.capitalize())
+                self._set_phase("predicting", f"{what}: {message.done}/{message.total}")
 
     def _on_progress(self, event) -> None:
         if "stage" in event.extra:  # a finishing step after the last step (N-net's calibration)
-            self.status.setText(f"{event.extra['stage'].capitalize()}...")
+            self.run["stage"] = event.extra["stage"]
+            self.progress.setRange(0, 0)  # busy: the finishing step reports no progress of its own
+            self._set_phase("finishing", f"Training ended at step {event.step}; {event.extra['stage']}...")
             return
+        self.run["last_event"] = event
         losses = self.losses
         losses["step"].append(event.step)
         losses["train"].append(event.train_loss)
@@ -443,13 +518,19 @@ class TrainWidget(QWidget):
         self.loss_plot.set_data("validation", losses["val_step"], losses["val"])
         if "noise_curve" in event.extra:
             self.noise_plot.show_curve(event.extra["noise_curve"])
-        fraction = event.fraction or 0.0
+        if self.phase == "finishing":  # the final event, after the finishing step: training is over
+            return
+        fraction, left = training_progress(event, self.run)
         self.progress.setRange(0, 1000)
         self.progress.setValue(int(1000 * fraction))
-        left = event.elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        self.progress.setFormat("training %p%")
         budget = f"/{event.max_steps}" if event.max_steps else ""
-        self.status.setText(f"Step {event.step}{budget} · loss {event.train_loss:.4g} · "
-                            f"{event.patches_per_second:.0f} patches/s · {duration(left)} left")
+        detail = (f"Step {event.step}{budget} · loss {event.train_loss:.4g} · "
+                  f"{rate_text(event.patches_per_second)} · {duration(left)} left")
+        if self.phase == "stopping":
+            self._set_phase("stopping", f"Stopping after this step; then denoising with the best weights · {detail}")
+        else:
+            self._set_phase("running", detail)
 
     def _on_preview(self, preview) -> None:
         run = self.run
@@ -476,30 +557,35 @@ class TrainWidget(QWidget):
         calibration = result.extra.get("calibration")
         if calibration is not None:
             self.noise_plot.show_curve(result.extra["noise_curve"])
-            self.status.setText(f"Done: {calibration.denoiser} ({calibration.parameter_name} = "
-                                f"{calibration.parameter:.3g}) had the lowest self-supervised loss.")
+            text = (f"Done: {calibration.denoiser} ({calibration.parameter_name} = "
+                    f"{calibration.parameter:.3g}) had the lowest self-supervised loss.")
         else:
             how = "stopped early; best weights used" if result.stopped else "done"
-            self.status.setText(f"Training {how} after {self.denoiser.state.step} steps "
-                                f"({duration(self.denoiser.state.elapsed)}). Save the model to reuse it.")
+            text = (f"Training {how} after {self.denoiser.state.step} steps "
+                    f"({duration(self.denoiser.state.elapsed)}). Save the model to reuse it.")
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
+        self.progress.setFormat("done")
+        self._set_phase("done", text)
 
     def _on_error(self, err) -> None:
         notify_error(err)
         if self.closed:
             return
         self._remove_preview()
-        self.status.setText(f"Failed: {err}")
+        self._set_phase("failed", f"Failed: {err}")
 
     def _on_finished(self) -> None:
         self.worker = None
+        self.clock.stop()
         if self.closed:
             return
         if self.run is not None and self.run.get("cancelled"):
             self._remove_preview()
-        self.worker = None
+        self.paused = False
         self._set_running(False)
+        if self.phase in ACTIVE:  # ended without a result or an error (e.g. the worker was quit)
+            self._set_phase("cancelled", "Cancelled.")
 
     def _remove_preview(self) -> None:
         layer = self.run.get("preview_layer") if self.run else None
@@ -507,6 +593,24 @@ class TrainWidget(QWidget):
             self.viewer.layers.remove(layer)
         if self.run:
             self.run["preview_layer"] = None
+
+
+def training_progress(event, run: dict) -> tuple[float, float | None]:
+    """This run's progress in [0, 1] and the seconds left, by whichever budget ends it first: steps
+    or the time limit (a fine-tuning run continues a model's counters, so both count from the run's start)."""
+    step, elapsed = event.step - run.get("step0", 0), event.elapsed - run.get("elapsed0", 0.0)
+    fractions, lefts = [], []
+    if event.max_steps:
+        total = max(event.max_steps - run.get("step0", 0), 1)
+        fraction = min(1.0, step / total)
+        fractions.append(fraction)
+        if fraction > 0:
+            lefts.append(elapsed * (1 - fraction) / fraction)
+    limit = run.get("time_limit")
+    if limit:
+        fractions.append(min(1.0, elapsed / limit))
+        lefts.append(max(0.0, limit - elapsed))
+    return (max(fractions) if fractions else 0.0), (min(lefts) if lefts else None)
 
 
 def _stop_on_close(widget):

@@ -1,0 +1,122 @@
+"""Issue 16: a Train widget that says what is happening (progress against the time limit, every state
+shown and kept), fits a laptop screen, and picks the right input. Real viewers under Xvfb."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from napari_selfdenoise._qt.common import rate_text
+from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+
+PLUGIN = "napari-selfdenoise"
+WAIT_MS = 180_000
+
+
+@pytest.fixture
+def noisy():
+    return add_noise(fluorescence_image((128, 128), seed=4), "gaussian", sigma=0.1, seed=4)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, noisy):
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="cells")
+    return viewer
+
+
+def train_widget(viewer, steps=6, method="n2s"):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
+    widget.image_picker.setCurrentText("cells")
+    widget.method_picker.setCurrentIndex(widget.method_picker.findData(method))
+    widget.steps.setValue(steps)
+    widget.features.setValue(8)
+    widget.depth.setValue(1)
+    widget.patch.setValue(32)
+    widget.batch.setValue(2)
+    return widget
+
+
+def record_states(widget):
+    states = []
+    widget.state_changed.connect(states.append)
+    return states
+
+
+def seconds_left(text: str) -> float:
+    h, m, s = map(int, re.search(r"(\d+):(\d\d):(\d\d) left", text).groups())
+    return 3600 * h + 60 * m + s
+
+
+def test_the_bar_and_time_left_follow_the_time_limit(viewer, qtbot):
+    widget = train_widget(viewer, steps=1_000_000)
+    widget.minutes.setValue(0.1)  # 6 s: the time limit, not the steps, ends this run
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.losses["step"]) >= 3, timeout=WAIT_MS)
+    event = widget.run["last_event"]
+    # the bar shows the elapsed part of the time limit (the steps alone would say ~0 %)
+    assert widget.progress.value() == int(1000 * min(1.0, event.elapsed / 6.0))
+    assert seconds_left(widget.status.text()) <= 6
+    assert "1000000" in widget.status.text()
+    wait_done(qtbot, widget)
+    assert widget.state == "done"
+
+
+def wait_done(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def test_every_state_of_an_nnet_run_is_shown_in_order(viewer, qtbot):
+    widget = train_widget(viewer, steps=4, method="nnet")
+    states = record_states(widget)
+    texts = []
+    widget.state_changed.connect(lambda _: texts.append(widget.status.text()))
+    widget.start()
+    wait_done(qtbot, widget)
+    assert states == ["starting", "running", "finishing", "predicting", "done"]
+    finishing = texts[states.index("finishing")]
+    assert "calibrating the noise model" in finishing and "so far" in finishing  # shown, with its time
+    assert widget.status.text().startswith("Training done")
+
+
+def test_pause_shows_and_stays_while_the_step_in_flight_arrives(viewer, qtbot):
+    widget = train_widget(viewer, steps=1_000_000)
+    states = record_states(widget)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.losses["step"]) >= 2, timeout=WAIT_MS)
+    widget.pause_button.setChecked(True)
+    qtbot.waitUntil(lambda: widget.worker.is_paused, timeout=WAIT_MS)
+    qtbot.wait(300)  # the step that was running when Pause was pressed arrives now
+    assert widget.status.text().startswith("Paused")
+    assert widget.state == "paused" and states[-1] == "paused"
+    widget.pause_button.setChecked(False)
+    qtbot.waitUntil(lambda: widget.state == "running", timeout=WAIT_MS)
+    widget.stop()
+    assert widget.state == "stopping" and widget.status.text().startswith("Stopping")
+    wait_done(qtbot, widget)
+    assert states[-3:] == ["stopping", "predicting", "done"]
+    assert "stopped early" in widget.status.text()
+
+
+def test_cancelled_classic_stays_cancelled(viewer, qtbot, errors):
+    widget = train_widget(viewer, method="classic")
+    states = record_states(widget)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.state == "predicting", timeout=WAIT_MS)  # calibrating
+    widget.stop()  # classic has no training to stop: Stop cancels
+    assert widget.status.text() == "Cancelled."
+    wait_done(qtbot, widget)
+    qtbot.wait(200)  # any message still queued from the worker
+    assert widget.status.text() == "Cancelled." and widget.state == "cancelled"
+    assert states[-1] == "cancelled" and "done" not in states
+    assert "cells denoised (classic)" not in viewer.layers
+    assert widget.progress.value() == 0  # not frozen at the last calibration step
+    assert errors() == []
+
+
+@pytest.mark.parametrize("rate, text", [(250.0, "250 patches/s"), (1.26, "1.3 patches/s"),
+                                        (0.44, "2 s/patch"), (0.0, "measuring speed")])
+def test_slow_3d_training_speed_is_not_zero_patches_per_second(rate, text):
+    assert rate_text(rate) == text
