@@ -1,17 +1,20 @@
 """Training data: a train/validation split and seeded random patches with flips and 90-degree rotations.
 
 Patches are read lazily from the (possibly memory-mapped) inputs, so memory grows with the patch
-count, not the stack size.
+count, not the stack size. ``Prefetcher`` makes the next batches in a background thread while a step runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import SelfDenoiseError
-from .lazy import release_pages
+from .lazy import release_pages, to_numpy
 from .normalize import Normalization
 
 # With at least this many samples (S/T frames) validation holds out whole samples; else a spatial slab.
@@ -79,7 +82,13 @@ def _split_slab(region, patch_shape, val_fraction):
 
 
 class PatchSampler:
-    """Draws normalised, augmented patches (B, C, [Z,] Y, X) as float32 from regions of the inputs."""
+    """Draws normalised, augmented patches (B, C, [Z,] Y, X) as float32 from regions of the inputs.
+
+    A batch is drawn at once: all its random numbers in one go (so a seed gives the same batches whatever
+    the inputs are stored in), then numpy arrays (memory-maps too) are gathered with one fancy index per
+    augmentation into a sliding-window view, with no per-patch Python; other lazy arrays (dask, zarr) are
+    read patch by patch and augmented the same way.
+    """
 
     def __init__(self, sources, regions, patch_shape, normalization: Normalization, seed: int,
                  augment: bool = True):
@@ -97,31 +106,66 @@ class PatchSampler:
                     )
         weights = np.array([r.voxels for r in self.regions], dtype=float)
         self.weights = weights / weights.sum()
+        # Per region, as arrays for vectorised draws: its source, its samples (flattened, with offsets),
+        # and the [low, high) range of patch starts on each spatial axis.
+        self._region_source = np.array([r.source for r in self.regions])
+        self._sample_counts = np.array([len(r.samples) for r in self.regions])
+        self._sample_offsets = np.concatenate([[0], np.cumsum(self._sample_counts)[:-1]])
+        self._samples = np.concatenate([np.asarray(r.samples, dtype=np.int64) for r in self.regions])
+        self._start_low = np.array([[a for a, _ in r.bounds] for r in self.regions])
+        self._start_high = np.array([[b - p + 1 for (_, b), p in zip(r.bounds, self.patch_shape)]
+                                     for r in self.regions])
+        spatial = tuple(range(2, 2 + len(self.patch_shape)))
+        self._windows = [np.lib.stride_tricks.sliding_window_view(s, self.patch_shape, axis=spatial)
+                         if isinstance(s, np.ndarray) else None for s in sources]
+        self._scale = normalization._broadcast(normalization.scale, 2 + len(self.patch_shape))
+        self._offset = normalization._broadcast(normalization.offset, 2 + len(self.patch_shape))
 
     def patch(self) -> np.ndarray:
-        region = self.regions[self.rng.choice(len(self.regions), p=self.weights)]
-        sample = region.samples[self.rng.integers(len(region.samples))]
-        index = [sample, slice(None)]
-        for (a, b), p in zip(region.bounds, self.patch_shape):
-            start = int(self.rng.integers(a, b - p + 1))
-            index.append(slice(start, start + p))
-        data = np.asarray(self.sources[region.source][tuple(index)])
-        patch = self.normalization.apply(data[None])[0]
-        return self._augment(patch) if self.augment else patch
-
-    def _augment(self, patch: np.ndarray) -> np.ndarray:
-        # YX only: rotations by 90 degrees (patches are square in YX) and flips; Z is never flipped
-        # into Y/X because Z is often much coarser.
-        patch = np.rot90(patch, k=int(self.rng.integers(4)), axes=(-2, -1))
-        if self.rng.integers(2):
-            patch = patch[..., ::-1]
-        return patch
+        return self.batch(1)[0]
 
     def batch(self, size: int) -> np.ndarray:
-        patches = np.ascontiguousarray(np.stack([self.patch() for _ in range(size)]), dtype=np.float32)
+        sources, samples, starts, transforms = self._draw(size)
+        out = np.empty((size, self.sources[0].shape[1], *self.patch_shape), dtype=np.float32)
+        # Patches are laid out by source, then by augmentation, so that each group is one slice of ``out``
+        # filled by one fancy index into a (rotated, flipped) view of the sliding windows.
+        order = np.lexsort((transforms, sources))
+        sources, samples, starts, transforms = sources[order], samples[order], starts[order], transforms[order]
+        for source, first, stop in _runs(sources):
+            windows = self._windows[source]
+            if windows is None:  # dask, zarr: read each patch, then gather from those as from windows
+                windows = self._read_patches(self.sources[source], samples[first:stop], starts[first:stop])
+                samples[first:stop], starts[first:stop] = np.arange(stop - first), 0
+            for code, lo, hi in _runs(transforms, first, stop):
+                out[lo:hi] = _augmented(windows, int(code))[(samples[lo:hi], slice(None), *starts[lo:hi].T)]
         for source in self.sources:  # pages mapped around each patch would pile up over a long run
             release_pages(source)
-        return patches
+        # Normalise in place (the same arithmetic as Normalization.apply, without its temporaries).
+        np.subtract(out, self._offset, out=out)
+        np.divide(out, self._scale, out=out)
+        return out
+
+    def _draw(self, size: int):
+        """Every random number of a batch, in a fixed order: region (by voxels), sample, start per axis,
+        augmentation."""
+        rng = self.rng
+        regions = rng.choice(len(self.regions), size=size, p=self.weights)
+        picks = rng.integers(0, self._sample_counts[regions])
+        samples = self._samples[self._sample_offsets[regions] + picks]
+        starts = rng.integers(self._start_low[regions], self._start_high[regions])
+        # Augmentation code 2 * k + flip: rot90 by k in YX, then a flip of X (Z is never flipped into Y/X:
+        # it is often much coarser; patches are square in YX).
+        transforms = rng.integers(0, 8, size=size) if self.augment else np.zeros(size, dtype=np.int64)
+        return self._region_source[regions], samples, starts, transforms
+
+    def _read_patches(self, source, samples, starts) -> np.ndarray:
+        """(n, C, 1.., *patch): patches read one by one, shaped like a sliding-window view's items."""
+        dims = len(self.patch_shape)
+        patches = [to_numpy(source[(int(sample), slice(None),
+                                    *(slice(a, a + p) for a, p in zip(start, self.patch_shape)))])
+                   for sample, start in zip(samples, starts)]
+        stacked = np.stack(patches)
+        return stacked.reshape(stacked.shape[:2] + (1,) * dims + self.patch_shape)
 
     def fixed_set(self, count: int) -> np.ndarray:
         """A reproducible set of patches (validation), without augmentation."""
@@ -130,6 +174,73 @@ class PatchSampler:
             return self.batch(count)
         finally:
             self.augment = augment
+
+
+def _runs(values: np.ndarray, first: int = 0, stop: int | None = None):
+    """(value, start, stop) of each run of equal values in ``values[first:stop]`` (sorted there)."""
+    stop = len(values) if stop is None else stop
+    edges = np.flatnonzero(np.diff(values[first:stop])) + first + 1
+    bounds = [first, *edges.tolist(), stop]
+    return [(values[a], a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _augmented(windows: np.ndarray, code: int) -> np.ndarray:
+    """A view of sliding windows with each window rotated by 90 degrees ``code // 2`` times in YX, then
+    flipped in X if ``code`` is odd."""
+    view = np.rot90(windows, k=code // 2, axes=(-2, -1))
+    return view[..., ::-1] if code % 2 else view
+
+
+class Prefetcher:
+    """Calls ``make()`` over and over in a background thread, keeping up to ``depth`` results ready, so the
+    consumer never waits while one is made. ``get()`` returns them in order and re-raises the producer's
+    error; ``close()`` stops and joins the thread (also after an error, or with results left unread)."""
+
+    THREAD_NAME = "selfdenoise-prefetch"
+
+    def __init__(self, make, depth: int = 3):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._failed = False
+        self._thread = threading.Thread(target=self._produce, args=(make,), name=self.THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def _produce(self, make):
+        try:
+            while not self._closed.is_set():
+                self._put((make(), None))
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._put((None, err))
+
+    def _put(self, item):
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def get(self):
+        if self._failed:
+            raise RuntimeError("the prefetch thread has failed")
+        item, error = self._queue.get()
+        if error is not None:
+            self._failed = True
+            raise error
+        return item
+
+    def close(self):
+        self._closed.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a producer waiting to put
+                self._queue.get_nowait()
+            self._thread.join(timeout=0.05)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def validation_patch_count(regions, patch_shape) -> int:
