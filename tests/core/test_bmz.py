@@ -296,9 +296,13 @@ def test_fine_tuning_a_loaded_model_on_new_data(package2d):
 # ----------------------------------------------------------------------------------- foreign packages
 
 
+def only_torchscript(rdf):
+    del rdf["weights"]["pytorch_state_dict"]
+
+
 def test_foreign_torchscript_package_predicts_like_ours(model2d, package2d, tmp_path):
-    path = foreign_copy(package2d, tmp_path / "foreign.zip")
-    loaded = Denoiser.load(path)
+    path = foreign_copy(package2d, tmp_path / "foreign.zip", edit=only_torchscript, drop=("weights.pt",))
+    loaded = Denoiser.load(path, trust_code=True)
     assert isinstance(loaded, ForeignModel) and not loaded.trainable
     image = noisy((70, 90), seed=3)
     expected = model2d.predict(image)
@@ -373,7 +377,7 @@ def _foreign_package(path, rdf_extra: dict, module=None, version="0.5"):
 @pytest.mark.parametrize("version", ["0.5", "0.4"])
 def test_foreign_axes_order_and_shape_constraints(tmp_path, version):
     path = _foreign_package(tmp_path / "cl.zip", {}, version=version)
-    model = Denoiser.load(path)
+    model = Denoiser.load(path, trust_code=True)
     assert model.config.axes == "YX" and model.dims == 2
     image = np.random.default_rng(0).random((50, 70), dtype=np.float32)
     assert np.allclose(model.predict(image), image * 2 + 1, atol=1e-5)
@@ -390,7 +394,7 @@ def test_foreign_processing_steps(tmp_path):
     })
     image = np.random.default_rng(1).random((64, 64), dtype=np.float32) * 100
     z = (image - image.mean()) / (image.std() + 1e-6)
-    assert np.allclose(Denoiser.load(path).predict(image), np.clip(z, -1, 1), atol=1e-4)
+    assert np.allclose(Denoiser.load(path, trust_code=True).predict(image), np.clip(z, -1, 1), atol=1e-4)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -414,7 +418,7 @@ def test_foreign_processing_steps(tmp_path):
 def test_foreign_package_problems_are_clear(tmp_path, extra, message):
     path = _foreign_package(tmp_path / "bad.zip", extra)
     with pytest.raises(ModelFileError) as info:
-        Denoiser.load(path)
+        Denoiser.load(path, trust_code=True)
     assert re.search(message, str(info.value)), str(info.value)
 
 
@@ -498,10 +502,14 @@ def _evil_torchscript(package, marker, entry: str = "data.pkl") -> bytes:
 def test_torchscript_with_a_pickle_payload_is_refused(package2d, tmp_path, entry):
     marker = tmp_path / "pwned"
     evil = _evil_torchscript(package2d, marker, entry)
+    def unchecked_torchscript(rdf):
+        only_torchscript(rdf)
+        rdf["weights"]["torchscript"].pop("sha256")
+
     path = foreign_copy(package2d, tmp_path / "evil-ts.zip", replace={"weights_torchscript.pt": evil},
-                        edit=lambda rdf: rdf["weights"]["torchscript"].pop("sha256"))
+                        edit=unchecked_torchscript, drop=("weights.pt",))
     with pytest.raises(ModelFileError, match=r"system.*refusing"):
-        Denoiser.load(path)
+        Denoiser.load(path, trust_code=True)
     assert not marker.exists()
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
+                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from .._layers import check_layer, layer_axes, result_layer_kwargs
-from ..core.errors import SelfDenoiseError
+from ..core.errors import SelfDenoiseError, UntrustedCodeError
 from .common import LayerPicker, notify_error, on_array, start_job
 
 
@@ -87,11 +87,17 @@ class ApplyWidget(QWidget):
 
     def load_model(self, path) -> bool:
         """Load a model file (safetensors weights and a JSON header: nothing in it is executed) or a
-        bioimage.io package (ours in full; a foreign one with TorchScript weights for prediction)."""
+        bioimage.io package (ours in full; a foreign one for prediction). A foreign package's TorchScript
+        weights are code: they load only when the user, asked first, says they trust its author."""
         from ..core.denoiser import Denoiser
 
         try:
-            self.denoiser = Denoiser.load(path)
+            try:
+                self.denoiser = Denoiser.load(path)
+            except UntrustedCodeError as refusal:
+                if not self._trust(refusal):
+                    raise SelfDenoiseError(f"{Path(path).name} was not loaded: its code is not trusted") from None
+                self.denoiser = Denoiser.load(path, trust_code=True)
         except SelfDenoiseError as err:
             self.denoiser = None
             self.model_info.setText("No model loaded.")
@@ -111,6 +117,17 @@ class ApplyWidget(QWidget):
                 f"{arch['dims']}D, {channels} channel(s) · {Path(path).name}")
         self._validate()
         return True
+
+    def _trust(self, refusal: UntrustedCodeError) -> bool:
+        """Ask whether to run a package's TorchScript code (No is the default)."""
+        name = Path(str(refusal.package)).name if refusal.package else "This package"
+        answer = QMessageBox.question(
+            self, "Run this package's code?",
+            f"{name} holds TorchScript weights. TorchScript weights are a program written by the package's "
+            "author; it runs with your permissions and can read, write or send your files. Run it only if "
+            f"you trust {refusal.author}.\n\n(It runs in a separate process with bounded memory.)",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def export_bioimageio(self, path=None, metadata=None):
         """Export the loaded model as a bioimage.io package (a dialog asks for the metadata and file)."""

@@ -19,15 +19,18 @@ the inputs' ``preprocessing`` (``scale_linear``, per channel) and undone by each
 ``postprocessing``, so any bioimage.io consumer gets results in the input's units. The native model header
 is also in ``config["napari-selfdenoise"]``.
 
-Loading never unpickles and never imports code named by the package: ours are read from the attached
-native file (JSON + safetensors); foreign ones run their ``torchscript`` weights (checked by
-``safetorch.check_torchscript`` first) or, when the architecture is one of this package's
-(``napari_selfdenoise.core.networks.Export*``), their ``pytorch_state_dict`` through
-``safetorch.read_state_dict``.
+Loading never unpickles and never imports code named by the package. Every weights file and attachment
+is checked against its sha256 in rdf.yaml first (a package that claims to be ours must give one for each).
+Ours are read from the attached native file (JSON + safetensors). Foreign ones: the ``pytorch_state_dict``
+of one of this package's architectures (``napari_selfdenoise.core.networks.Export*``) is data, read by
+``safetorch.read_state_dict``, and preferred; ``torchscript`` weights are code (see ``core.sandbox``): they
+are refused unless the user trusts the package (``trust_code=True``), and then checked
+(``safetorch.check_torchscript``) and run only in a child process, never here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import io
@@ -46,7 +49,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .errors import ModelFileError, SelfDenoiseError
+from .errors import ModelFileError, SelfDenoiseError, UntrustedCodeError
 
 FORMAT_VERSION = "0.5.4"
 RDF = "rdf.yaml"
@@ -576,8 +579,12 @@ class _Package:
         self.archive.close()
 
 
-def load_bmz(path):
-    """A ``Denoiser`` for packages exported by napari-selfdenoise, a ``ForeignModel`` for others."""
+def load_bmz(path, trust_code: bool = False, *, describe_untrusted: bool = False):
+    """A ``Denoiser`` for packages exported by napari-selfdenoise, a ``ForeignModel`` for others.
+
+    A foreign package whose only runnable weights are TorchScript (code written by its author) raises
+    ``UntrustedCodeError`` unless ``trust_code``; with ``describe_untrusted`` it is returned instead,
+    described but without weights (``selfdenoise info``)."""
     from .denoiser import Denoiser
     from .modelfile import load_model
 
@@ -590,15 +597,38 @@ def load_bmz(path):
             attachments = attachments.get("files") or []
         native = [a for a in attachments
                   if (a.get("source") if isinstance(a, dict) else a) in (NATIVE, f"./{NATIVE}")]
-        if CONFIG_KEY in config and native:
+        ours = CONFIG_KEY in config and bool(native)
+        _verify_files(package, rdf, attachments, ours)
+        if ours:
             entry = native[0] if isinstance(native[0], dict) else {"source": native[0]}
             data = package.read(entry["source"], "native model attachment", entry.get("sha256"))
             model = Denoiser._from_contents(load_model(f"{package.path} ({NATIVE})", data=data), package.path)
             model.bmz_metadata = {k: rdf.get(k) for k in ("name", "description", "authors", "license", "tags")}
             return model
-        return ForeignModel(package)
+        return ForeignModel(package, trust_code, describe_untrusted=describe_untrusted)
     finally:
         package.close()
+
+
+def _verify_files(package: _Package, rdf: dict, attachments: list, ours: bool) -> None:
+    """Check every weights file and attachment in the package against its sha256 in rdf.yaml, whether or
+    not it is loaded (an edited ``weights.pt`` must not pass because the native file is used). Our exports
+    always write a sha256, so a package that claims to be ours and lacks one is refused; a foreign one may
+    lack it (the spec makes it optional)."""
+    weights = rdf.get("weights") if isinstance(rdf.get("weights"), dict) else {}
+    entries = [(f"{kind} weights", entry) for kind, entry in weights.items() if isinstance(entry, dict)]
+    entries += [("attachment", entry if isinstance(entry, dict) else {"source": entry}) for entry in attachments]
+    for what, entry in entries:
+        source = entry.get("source")
+        if not isinstance(source, str) or re.match(r"^[a-z][a-z0-9+.-]*://", source):
+            continue  # links and malformed entries: refused when (and if) they are loaded
+        sha256 = entry.get("sha256")
+        in_package = (source[2:] if source.startswith("./") else source) in package.names
+        if ours and not sha256:
+            raise ModelFileError(f"{package.path}: rdf.yaml gives no sha256 for {source}, which every package "
+                                 "exported by napari-selfdenoise has; it was edited: refusing it")
+        if sha256 and (ours or in_package):
+            package.read(source, what, sha256)
 
 
 # Axis types of a 0.5 description and letters of a 0.4 one -> ours (batch handled apart).
@@ -683,7 +713,7 @@ class ForeignModel:
     trainable = False
     trained = True
 
-    def __init__(self, package: _Package):
+    def __init__(self, package: _Package, trust_code: bool = False, *, describe_untrusted: bool = False):
         self.path = package.path
         rdf = package.rdf
         where = f"{package.path}: rdf.yaml"
@@ -708,7 +738,10 @@ class ForeignModel:
         self.version = version
         self.preprocessing = self._steps(self.input.get("preprocessing"), where, "pre")
         self.postprocessing = self._steps(self.output.get("postprocessing"), where, "post")
-        self.network = self._load_weights(package, rdf.get("weights"), where)
+        self.authors = _author_names(rdf.get("authors"))
+        self._torchscript: tuple[bytes, str] | None = None  # (archive, name) for the child process
+        self.weights_note = ""
+        self.network = self._load_weights(package, rdf.get("weights"), where, trust_code, describe_untrusted)
         spatial = [a.letter for a in self.in_axes if a.letter in "ZYX"]
         self.dims = len(spatial)
         channel = [a for a in self.in_axes if a.letter == "C"]
@@ -768,15 +801,14 @@ class ForeignModel:
             parsed.append((name, dict(kwargs)))
         return parsed
 
-    def _load_weights(self, package, weights, where):
-        from .safetorch import load_torchscript, read_state_dict
+    def _load_weights(self, package, weights, where, trust_code: bool, describe_untrusted: bool):
+        """The network as data when the package has our architecture's state dict (no trust needed);
+        else its TorchScript, kept as bytes for the child process, only when trusted. Returns the
+        in-process network, or None for TorchScript (run by ``core.sandbox``)."""
+        from .safetorch import check_torchscript, read_state_dict
 
         if not isinstance(weights, dict) or not weights:
             raise ModelFileError(f"{where} has no weights entry")
-        if isinstance(weights.get("torchscript"), dict):
-            entry = weights["torchscript"]
-            data = package.read(entry.get("source"), "torchscript weights", entry.get("sha256"))
-            return load_torchscript(data, f"{package.path} ({entry.get('source')})")
         state = weights.get("pytorch_state_dict")
         if isinstance(state, dict):
             architecture = state.get("architecture")
@@ -797,7 +829,25 @@ class ForeignModel:
                 except (TypeError, ValueError, KeyError, RuntimeError) as err:
                     raise ModelFileError(f"{where}: the pytorch_state_dict weights do not match their "
                                          f"architecture ({str(err).splitlines()[0]})") from err
+                self.weights_note = f"pytorch_state_dict of napari-selfdenoise's {callable_} (data, no code)"
                 return network.eval()
+        if isinstance(weights.get("torchscript"), dict):
+            entry = weights["torchscript"]
+            data = package.read(entry.get("source"), "torchscript weights", entry.get("sha256"))
+            if not trust_code:
+                refusal = UntrustedCodeError(
+                    f"{Path(package.path).name} runs TorchScript code written by its author; napari-selfdenoise "
+                    "does not run code from a model unless you trust it: pass --trust-code (Python: "
+                    f"trust_code=True) if you trust {self.authors}", package=package.path, author=self.authors)
+                if not describe_untrusted:
+                    raise refusal
+                self.weights_note = "TorchScript (code), not loaded: pass --trust-code if you trust its author"
+                return None
+            name = f"{package.path} ({entry.get('source')})"
+            check_torchscript(data, name)
+            self._torchscript = (data, name)
+            self.weights_note = "TorchScript (code, trusted), run in a separate memory-bounded process"
+            return None
         formats = ", ".join(sorted(weights)) or "none"
         raise ModelFileError(f"{package.path} has {formats} weights; napari-selfdenoise runs TorchScript weights "
                              "(and pytorch_state_dict weights of its own networks only: it never imports code "
@@ -850,15 +900,15 @@ class ForeignModel:
                  zip(spatial, tiles, [a for a in self.in_axes if a.letter in "ZYX"])]
         total, done = n * int(np.prod([len(p[1]) for p in plans])), 0
         results = []
-        self.network.to(target)
-        try:
+        with self._runner(target) as run:
             for i in range(n):
                 sample = np.asarray(canonical[i], dtype=np.float32)  # (C, [Z,] Y, X)
                 x = self._apply_steps(self._to_model(sample), self.preprocessing, self.in_axes)
                 out = None
                 weights = None
                 for box, window in self._boxes(plans):
-                    piece = self._run(self._crop(x, box, plans), target)
+                    piece = run(self._crop(x, box, plans))
+                    self._check_piece(piece, box)
                     if out is None:
                         shape = list(piece.shape)
                         for axis, size in zip(self._spatial_positions(self.out_axes), [p[0] for p in plans]):
@@ -872,8 +922,6 @@ class ForeignModel:
                 out = self._uncrop(out, spatial)
                 out = self._apply_steps(out, self.postprocessing, self.out_axes)
                 results.append(self._from_model(out))
-        finally:
-            self.network.to("cpu")
         stacked = np.stack(results)  # (N, C_out, [Z,] Y, X)
         c_out = stacked.shape[1]
         return {"denoised": np.ascontiguousarray(layout.from_canonical(stacked, channels=c_out), np.float32)}
@@ -960,12 +1008,40 @@ class ForeignModel:
             index[axis] = slice(start, start + size)
         return x[tuple(index)]
 
-    def _run(self, tile, device):
-        with torch.no_grad():
-            result = self.network(torch.from_numpy(np.ascontiguousarray(tile)).to(device))
-        if isinstance(result, (tuple, list)):
-            result = result[0]
-        return result.float().cpu().numpy()
+    def _check_piece(self, piece, box) -> None:
+        positions = self._spatial_positions(self.out_axes)
+        if piece.ndim != len(self.out_axes) or any(piece.shape[p] != size for p, (_, size) in zip(positions, box)):
+            raise ModelFileError(f"{self.path}: the model returned an output of shape {tuple(piece.shape)} for a "
+                                 f"tile of {'x'.join(str(size) for _, size in box)} pixels, which its rdf.yaml "
+                                 "does not describe; the package does not work as described")
+
+    @contextlib.contextmanager
+    def _runner(self, device):
+        """A function tile -> first output (float32), for the length of one prediction: TorchScript in a
+        child process (``core.sandbox``, ended when the prediction ends), our networks in this one."""
+        if self._torchscript is not None:
+            from .sandbox import TorchScriptProcess
+
+            with TorchScriptProcess(*self._torchscript, device=str(device)) as child:
+                yield child.run
+            return
+        if self.network is None:
+            raise UntrustedCodeError(f"{Path(self.path).name}: its TorchScript weights were not loaded (not "
+                                     "trusted); load it with trust_code=True (--trust-code) to run it",
+                                     package=self.path, author=self.authors)
+
+        def run(tile):
+            with torch.no_grad():
+                result = self.network(torch.from_numpy(np.ascontiguousarray(tile)).to(device))
+            if isinstance(result, (tuple, list)):
+                result = result[0]
+            return result.float().cpu().numpy()
+
+        self.network.to(device)
+        try:
+            yield run
+        finally:
+            self.network.to("cpu")
 
     def _expand(self, weights, axes):
         shape = [1] * len(axes)
@@ -1001,7 +1077,18 @@ class ForeignModel:
                 ("name", self.name), ("axes", "".join(a.letter for a in self.in_axes).replace("B", "")),
                 ("network", f"{self.dims}D, {self.in_channels or 'any'} channel(s) in, "
                             f"{self.out_channels or 'any'} out"),
+                ("authors", self.authors), ("weights", self.weights_note),
                 ("description", self.description[:200])]
+
+
+def _author_names(authors) -> str:
+    """The rdf's authors as one short phrase for messages ("its author" when it names none)."""
+    names = [str(a.get("name") if isinstance(a, dict) else a).strip() for a in authors or []
+             if isinstance(a, (dict, str))] if isinstance(authors, list) else []
+    names = [n for n in names if n and n != "None"]
+    if not names:
+        return "its author"
+    return ", ".join(names[:3]) + (" et al." if len(names) > 3 else "")
 
 
 def _reduce_axes(kwargs, axes, x) -> tuple[int, ...] | None:
