@@ -55,8 +55,14 @@ BLOCK = {2: (16, 16), 3: (4, 16, 16)}  # bootstrap blocks (errors of neighbourin
 CLEARLY_WORSE_Z = 3.0
 BOOTSTRAP = 200
 RELIABLE_Z = 2.0  # the estimated error must be above zero by this many standard errors
+INTERVAL_Z = 2.0  # the stated PSNR interval: the estimated error +- this many standard errors
 
-# Options of the auto method itself; every other option goes to each candidate that has it.
+# Networks score far worse than no denoising at all for their first few dozen steps: no rung before this
+# many steps (or half the budget, when that is less).
+MIN_RUNG_STEPS = 50
+
+# Options of the auto method itself; every other option goes to each candidate that has it, and an option
+# named after a candidate, with a mapping as its value, gives that candidate's own options.
 AUTO_OPTIONS = ("candidates",)
 
 
@@ -92,8 +98,8 @@ class QualityEstimate:
     mse: float | None = None  # estimated mean squared error, squared image units
     mse_stderr: float | None = None
     psnr: float | None = None  # dB, with ``peak``
-    psnr_low: float | None = None  # the PSNR at mse + 1 stderr
-    psnr_high: float | None = None  # at mse - 1 stderr (inf when that is <= 0)
+    psnr_low: float | None = None  # the PSNR at mse + 2 stderr (about a 95 % interval)
+    psnr_high: float | None = None  # at mse - 2 stderr (inf when that is <= 0)
     peak: float | None = None  # the range (max - min) of the winner's prediction on the held-out pixels
     noise_variance: float | None = None
     noise_variance_stderr: float | None = None
@@ -171,12 +177,15 @@ def split_options(options: dict, candidates) -> dict[str, dict]:
     no candidate has is a mistake."""
     from .methods import METHODS
 
-    shared = {k: v for k, v in options.items() if k not in AUTO_OPTIONS}
-    per = {name: {k: v for k, v in shared.items() if k in METHODS[name].defaults} for name in candidates}
+    own = {k: v for k, v in options.items() if k in candidates and isinstance(v, dict)}
+    shared = {k: v for k, v in options.items() if k not in AUTO_OPTIONS and k not in own}
+    per = {name: {**{k: v for k, v in shared.items() if k in METHODS[name].defaults}, **own.get(name, {})}
+           for name in candidates}
     unknown = sorted(k for k in shared if not any(k in METHODS[n].defaults for n in candidates))
     if unknown:
         raise SelfDenoiseError(f"method 'auto' has no option {', '.join(unknown)} (none of its candidates "
-                               f"{', '.join(candidates)} has it); its own option is: candidates")
+                               f"{', '.join(candidates)} has it); its own option is candidates, and "
+                               f"NAME={{...}} gives one candidate's options")
     return per
 
 
@@ -208,6 +217,24 @@ def planned_units(count: int) -> float:
         total += alive * (fraction - previous)
         alive, previous = math.ceil(alive / 2), fraction
     return total + (1.0 - previous)
+
+
+def rung_steps(fraction: float, budget: int) -> int:
+    """The step count a candidate has trained at budget ``fraction`` (1: the whole budget): a rung is at
+    least ``MIN_RUNG_STEPS`` steps (at most half the budget)."""
+    if fraction >= 1:
+        return budget
+    return min(max(round(fraction * budget), MIN_RUNG_STEPS), max(1, budget // 2))
+
+
+def planned_steps(count: int, budget: int) -> int:
+    """Steps of all candidates together when the race halves as planned."""
+    total, alive, previous = 0, count, 0
+    for fraction in rung_fractions(count):
+        target = rung_steps(fraction, budget)
+        total += alive * (target - previous)
+        alive, previous = math.ceil(alive / 2), target
+    return total + budget - previous
 
 
 # --------------------------------------------------------------------------- the held-out pixels
@@ -451,8 +478,8 @@ def quality_estimate(evaluation: Evaluation, noise_variance: float, noise_stderr
         return QualityEstimate(False, "the loss minus the noise variance is not above zero within its "
                                       "uncertainty", **common)
     psnr = lambda m: 10 * math.log10(peak**2 / m) if m > 0 else float("inf")
-    return QualityEstimate(True, None, psnr=psnr(mse), psnr_low=psnr(mse + stderr),
-                           psnr_high=psnr(mse - stderr), **common)
+    return QualityEstimate(True, None, psnr=psnr(mse), psnr_low=psnr(mse + INTERVAL_Z * stderr),
+                           psnr_high=psnr(mse - INTERVAL_Z * stderr), **common)
 
 
 def shared_noise_of(sources, blind_radius: int) -> str | None:
@@ -557,7 +584,7 @@ class Race:
                    "blind_radius": self.blind_radius}
         units = planned_units(len(self.names))
         step_unit = config.max_steps
-        plan_steps = math.ceil(units * step_unit) if step_unit else None
+        plan_steps = planned_steps(len(self.names), step_unit) if step_unit else None
         time_unit = None if config.time_limit is None else max(config.time_limit - self.spent, 1e-3) / units
         yield self._timed(ProgressEvent(
             step=0, max_steps=plan_steps, epoch=0, train_loss=float("nan"), val_loss=None, best_val_loss=None,
@@ -574,8 +601,8 @@ class Race:
                 candidate = self.candidates[name]
                 if candidate.method.finishing:  # N-net calibrates its noise model once, as the winner
                     candidate.method = get_method(name, {**candidate.config.method_options, "calibrate": False})
-                self._set_slice(candidate, fraction - previous, step_unit, time_unit)
-                done_steps += yield from self._events(name, done_steps, plan_steps)
+                if self._set_slice(candidate, previous, fraction, step_unit, time_unit):
+                    done_steps += yield from self._events(name, done_steps, plan_steps)
                 evaluations[name] = held.evaluate(network_predictor(candidate))
                 self._score(name, evaluations[name])
                 if self._stop:
@@ -598,8 +625,8 @@ class Race:
         winner = self.candidates[winner_name]
         winner.method = get_method(winner_name, winner.config.method_options)
         if not self._stop and previous < 1.0:
-            self._set_slice(winner, 1.0 - previous, step_unit, time_unit, config.time_limit)
-            done_steps += yield from self._events(winner_name, done_steps, plan_steps)
+            if self._set_slice(winner, previous, 1.0, step_unit, time_unit, config.time_limit):
+                done_steps += yield from self._events(winner_name, done_steps, plan_steps)
             evaluations[winner_name] = held.evaluate(network_predictor(winner))
             self._score(winner_name, evaluations[winner_name])
         self.winner = winner
@@ -640,14 +667,20 @@ class Race:
         levels = auto_z_levels(planes, depth) if self.config.z_levels is None else int(self.config.z_levels)
         return (2**levels, 2**depth, 2**depth)
 
-    def _set_slice(self, candidate, fraction, step_unit, time_unit, total_time=None):
-        """Budget the next ``candidate.train`` call (a resumed run trains for its budget again); with
-        ``total_time`` (the winner's last slice) the time left of it."""
-        steps = None if step_unit is None else max(1, round(fraction * step_unit))
-        seconds = None if time_unit is None else max(1e-3, fraction * time_unit)
+    def _set_slice(self, candidate, start: float, end: float, step_unit, time_unit, total_time=None) -> bool:
+        """Budget the next ``candidate.train`` call from budget fraction ``start`` to ``end`` (a resumed run
+        trains for its budget again); ``total_time`` (the winner's last slice): the time left of it.
+        False when there is nothing to train (the rung floor put two rungs at one step count)."""
+        steps = None
+        if step_unit is not None:
+            steps = rung_steps(end, step_unit) - candidate.state.step
+            if steps < 1:
+                return False
+        seconds = None if time_unit is None else max(1e-3, (end - start) * time_unit)
         if total_time is not None:
             seconds = max(1e-3, total_time - self.spent)
         candidate.config.steps, candidate.config.epochs, candidate.config.time_limit = steps, None, seconds
+        return True
 
     def _score(self, name, evaluation: Evaluation):
         self.rows[name].score, self.rows[name].stderr = evaluation.score, evaluation.stderr
