@@ -8,11 +8,13 @@ and whole-image results agree to float precision.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .errors import SelfDenoiseError
 from .networks import receptive_radius
 from .steps import drain
 
@@ -66,9 +68,22 @@ def _undo(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.rot90(x, -k, dims=(-2, -1))
 
 
+def check_tile(tile):
+    """``tile`` as given (None: the default; one edge; or one edge per spatial axis) when every edge is a
+    positive whole number; else a one-line ``SelfDenoiseError`` (``tile=0`` or ``-4`` reached torch)."""
+    if tile is None:
+        return None
+    edges = list(tile) if isinstance(tile, (tuple, list)) else [tile]
+    if not edges or not all(isinstance(e, numbers.Real) and not isinstance(e, bool) and math.isfinite(e)
+                            and e == int(e) and e >= 1 for e in edges):
+        raise SelfDenoiseError(f"tile must be a positive number of pixels (or one per spatial axis), not {tile!r}")
+    return tile
+
+
 class TiledPredictor:
     def __init__(self, method, network, depth: int, device: torch.device, tile=None, batch_size: int | None = None,
                  tta: bool = False, overlap: int | None = None):
+        check_tile(tile)
         self.method, self.network, self.device = method, network, device
         self.multiple = 2**depth
         # Per spatial axis: a 3D U-Net that pools Z fewer times than Y/X needs a smaller Z multiple.
