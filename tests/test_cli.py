@@ -227,6 +227,26 @@ def test_demo_prints_psnr_gain(tmp_path):
     assert run("info", tmp_path / "demo" / "model.sdmodel").returncode == 0
 
 
+@pytest.mark.parametrize("method", [None, "auto"])
+def test_train_without_method_races_auto_and_info_shows_the_table(tmp_path, method):
+    tifffile.imwrite(tmp_path / "in.tif", noisy_image())
+    chosen = ["--method", method] if method else []
+    proc = run("train", tmp_path / "in.tif", *chosen, "--axes", "YX", *FAST, "--option", "candidates=n2s,n2same",
+               "--out", tmp_path / "m.sdmodel", timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("training auto"), proc.stdout
+    winner = re.search(r"^winner: (\S+)$", proc.stdout, re.M).group(1)
+    assert winner in ("classic", "n2s", "n2same")
+    for name in ("classic", "n2s", "n2same"):  # the score table: one row each, one winner
+        assert re.search(rf"^  {name} +[\d.e-]+", proc.stdout, re.M), proc.stdout
+    assert proc.stdout.count(", winner") == 1 and "quality estimate: " in proc.stdout
+    info = run("info", tmp_path / "m.sdmodel")
+    assert info.returncode == 0 and f"winner {winner}" in info.stdout and "quality:" in info.stdout
+    assert info.stdout.count(", winner") == 1 and "dropped" in info.stdout
+    predicted = run("predict", tmp_path / "m.sdmodel", tmp_path / "in.tif", "--out", tmp_path / "out.tif")
+    assert predicted.returncode == 0 and f"with {winner}, chosen by auto" in predicted.stdout, predicted.stderr
+
+
 def test_time_limit_ends_training(tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", noisy_image())
     start = time.perf_counter()
