@@ -38,18 +38,19 @@ import os
 import re
 import string
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .. import __version__
+from .atomic import atomic_write
 from .errors import ModelFileError, SelfDenoiseError, UntrustedCodeError
+from .outputs import plan_output
 
 FORMAT_VERSION = "0.5.4"
 RDF = "rdf.yaml"
@@ -156,12 +157,14 @@ def parse_author(text) -> dict[str, str]:
 
 def export_bmz(denoiser, path, *, name: str | None = None, description: str | None = None,
                authors: Sequence | None = None, license: str | None = None, tags: Sequence[str] | None = None,
-               image=None, axes: str | None = None) -> Path:
+               image=None, axes: str | None = None, check: Callable[[Path], None] | None = None) -> Path:
     """Write ``denoiser`` as a bioimage.io model package (a zip) at ``path``; returns the path.
 
     ``image`` (with ``axes``, default the model's) gives the test tensors and cover; by default the crop
     of the training data kept in the model is used. Written to a temporary file and renamed when
-    complete: a failure leaves nothing behind (and an older file at ``path`` as it was).
+    complete: a failure leaves nothing behind (and an older file at ``path`` as it was). ``check`` is
+    called with the finished package under its temporary name (the CLI's ``--validate``): if it raises,
+    nothing is written.
     """
     from .denoiser import sample_crop
 
@@ -196,19 +199,12 @@ def export_bmz(denoiser, path, *, name: str | None = None, description: str | No
                                    "older version); give an image for the test tensors (--input IMAGE)")
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     files = _package_files(denoiser, sample, name, description, authors, license, tags)
-    _write_package(path, files)
+    _write_package(path, files, check)
     return path
 
 
 def _check_target(path: Path) -> None:
-    if path.suffix.lower() != ".zip":
-        raise SelfDenoiseError(f"cannot write {path}: a bioimage.io package is a .zip file; use a name ending in .zip")
-    if path.is_dir():
-        raise SelfDenoiseError(f"{path} is a folder; give a file name ending in .zip")
-    if not path.parent.is_dir():
-        raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} is not writable")
+    plan_output(path, overwrite=True, kind="bioimage.io package", suffixes=(".zip",))
 
 
 def _package_files(denoiser, sample, name, description, authors, license, tags) -> dict[str, bytes]:
@@ -469,21 +465,15 @@ def _yaml(data) -> bytes:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).encode("utf-8")
 
 
-def _write_package(path: Path, files: dict[str, bytes]) -> None:
-    from .modelfile import publish
-
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
-    tmp.close()
-    try:
-        with zipfile.ZipFile(tmp.name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+def _write_package(path: Path, files: dict[str, bytes], check: Callable[[Path], None] | None = None) -> None:
+    with atomic_write(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(RDF, files[RDF])
             for entry, data in files.items():
                 if entry != RDF:
                     archive.writestr(entry, data)
-        publish(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+        if check is not None:
+            check(tmp)
 
 
 # ================================================================================================ import

@@ -14,10 +14,10 @@ Needs the ``[distributed]`` extra (dask[distributed] and zarr).
 
 from __future__ import annotations
 
-import errno
 import logging
 import functools
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -62,7 +62,7 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
     from distributed import as_completed
 
     from .denoiser import Denoiser
-    from .streaming import block_grid, check_target, finish, open_sinks
+    from .streaming import block_grid, check_target, open_outputs, open_sinks
 
     model_path = str(Path(model_path).resolve())
     model = Denoiser.load(model_path)
@@ -75,36 +75,32 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
     # CPU kernels round differently with other thread counts: workers use this process's count, so
     # their blocks equal what a single process here computes, bit for bit (on the same kind of CPU).
     threads = torch.get_num_threads()
-    opened, futures = [], []
-    try:
-        for job in jobs:
-            image, layout = _open_input(job.path, job.axes)
-            model._check_compatible(layout)
-            paths = {n: check_target(p, overwrite) for n, p in job.targets.items()}
-            sinks, block_shape = open_sinks(paths, layout, image.scale, image.units, block, require_zarr=True)
-            opened.append(sinks)
-            source = (str(Path(job.path).resolve()), layout.axes)
-            for number, one in enumerate(block_grid(layout, block_shape)):
-                futures.append(client.submit(run_block, model_path, source, sinks, one, settings, threads, pure=False,
-                                             key=f"selfdenoise-{os.path.basename(job.path)}-{number}-{id(sinks)}"))
-        for done, future in enumerate(as_completed(futures), start=1):
-            future.result()  # raises the task's error here
-            yield done, len(futures)
-        written = []
-        for sinks in opened:
-            written += finish(sinks, overwrite)
-        return written
-    except BaseException as err:
-        client.cancel(futures)
-        _wait_until_idle(client, futures)  # a task still running could write into a removed output
-        for sinks in opened:
-            for sink in sinks.values():
-                sink.abort()
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            from .streaming import disk_full_error
-
-            raise disk_full_error(err, [p for job in jobs for p in job.targets.values()]) from None
-        raise
+    futures, written = [], []
+    # The outputs get their final names when the stack closes normally; a failure (a full disk,
+    # Ctrl-C, SIGTERM) removes them, once no task can write into them any more.
+    with ExitStack() as stack:
+        try:
+            for job in jobs:
+                image, layout = _open_input(job.path, job.axes)
+                model._check_compatible(layout)
+                paths = {n: check_target(p, overwrite) for n, p in job.targets.items()}
+                temps = open_outputs(stack, paths, overwrite)
+                sinks, block_shape = open_sinks(paths, temps, layout, image.scale, image.units, block,
+                                                require_zarr=True)
+                written += paths.values()
+                source = (str(Path(job.path).resolve()), layout.axes)
+                for number, one in enumerate(block_grid(layout, block_shape)):
+                    futures.append(client.submit(run_block, model_path, source, sinks, one, settings, threads,
+                                                 pure=False, key=f"selfdenoise-{os.path.basename(job.path)}-"
+                                                                 f"{number}-{id(sinks)}"))
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()  # raises the task's error here
+                yield done, len(futures)
+        except BaseException:
+            client.cancel(futures)
+            _wait_until_idle(client, futures)  # a task still running could write into a removed output
+            raise
+    return written
 
 
 def _wait_until_idle(client, futures, seconds: float = 30.0) -> None:

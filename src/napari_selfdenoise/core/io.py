@@ -7,7 +7,6 @@ for): this module is shared by the CLI and the napari plugin, so it must never i
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import uuid
 import warnings
@@ -20,6 +19,7 @@ import tifffile
 
 from .axes import default_axes, validate_axes
 from .errors import SelfDenoiseError
+from .outputs import same_file
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif / .ome.tiff
 SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff, .npy or .zarr/.ome.zarr"
@@ -522,11 +522,12 @@ def _ome_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
 # ----------------------------------------------------------------------------------- CLI helper
 
 
-def output_path_for(input_path, out, n_inputs: int, extension: str = ".ome.tif") -> Path:
+def output_path_for(input_path, out, n_inputs: int, extension: str = ".ome.tif", create: bool = True) -> Path:
     """Where the CLI writes the result for ``input_path``.
 
     One input and ``out`` not an existing folder (a zarr folder counts as a file): ``out`` is the file.
-    Otherwise ``out`` is a folder (created if missing) holding '<input stem>_denoised<extension>'.
+    Otherwise ``out`` is a folder (created if missing, unless ``create=False``: the CLI creates it only
+    when it writes) holding '<input stem>_denoised<extension>'.
     """
     out = Path(out)
     if n_inputs == 1 and (not out.is_dir() or out.name.lower().endswith(".zarr")):
@@ -536,9 +537,10 @@ def output_path_for(input_path, out, n_inputs: int, extension: str = ".ome.tif")
             raise SelfDenoiseError(
                 f"{out} is a file; with {n_inputs} inputs the output must be a folder"
             )
-        out.mkdir(parents=True, exist_ok=True)
+        if create:
+            out.mkdir(parents=True, exist_ok=True)
         target = out / f"{_stem(Path(input_path))}_denoised{extension}"
-    if target.resolve() == Path(input_path).resolve():
+    if same_file(target, input_path):
         raise SelfDenoiseError(f"the output {target} would overwrite the input; choose another")
     return target
 

@@ -7,29 +7,29 @@ and their results are bit for bit the in-memory ones: blocks can run in any orde
 (``cluster.py``). Blocks are whole output chunks, so two blocks never write the same chunk.
 Memory follows one block (and the tiles around it), never the stack.
 
-Outputs are written under a temporary name in the same folder and renamed when every block is in; an
-existing output is replaced only with ``overwrite``. A full disk or any other failure removes the
-temporary output and leaves the final name as it was.
+Outputs are written under a temporary name in the same folder and renamed when every block is in
+(``atomic.atomic_write``); an existing output is replaced only with ``overwrite``. A full disk or any
+other failure removes the temporary output and leaves the final name as it was.
 """
 
 from __future__ import annotations
 
-import errno
+import itertools
 import json
 import os
-import shutil
-import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write, check_free_space, interrupts_deferred
 from .axes import Layout
 from .data import check_image
 from .errors import SelfDenoiseError
 from .lazy import as_array, release_pages, to_numpy
+from .outputs import is_zarr_path, plan_output
 
-ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 TIFF_OUT_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
 # Output chunks and blocks (a whole number of chunks) per spatial axis. 3D blocks are thick in Z so
 # that few tiles are predicted twice at block borders.
@@ -39,10 +39,6 @@ BLOCK_VOXELS = 2048 * 2048 * 4  # TIFF blocks span whole rows: about this many v
 _OME_ZARR_VERSION = "0.4"  # zarr format 2: read by napari-ome-zarr, ome-zarr-py, bioio, Fiji (MoBIE)
 _UNIT_NAMES = {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
                "Å": "angstrom"}
-
-
-def is_zarr_path(path) -> bool:
-    return str(path).lower().rstrip("/\\").endswith(ZARR_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -153,23 +149,23 @@ def output_axes(axes: str, zarr: bool) -> str:
 
 
 class ZarrSink:
-    """An OME-Zarr (format 2, NGFF 0.4) image of float32 written chunk-aligned, from any process."""
+    """An OME-Zarr (format 2, NGFF 0.4) image of float32 written chunk-aligned, from any process, at
+    ``path`` (a temporary name: ``atomic_write`` gives the finished output its final name)."""
 
-    def __init__(self, final: str, tmp: str, axes: str, shape, chunks):
-        self.final, self.tmp, self.axes, self.shape, self.chunks = final, tmp, axes, tuple(shape), tuple(chunks)
+    def __init__(self, path: str, axes: str, shape, chunks):
+        self.path, self.axes, self.shape, self.chunks = path, axes, tuple(shape), tuple(chunks)
         self._array = None
 
     @classmethod
     def create(cls, path: Path, axes: str, shape, chunks, scale, units) -> "ZarrSink":
         import zarr
 
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
-        group = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
+        group = zarr.open_group(str(path), mode="w-", zarr_format=2)
         group.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype="float32", fill_value=0.0,
                            chunk_key_encoding={"name": "v2", "separator": "/"})
         group.attrs["multiscales"] = [_ome_multiscales(axes, scale or {}, units or {})]
         group.attrs["selfdenoise"] = {"axes": axes}
-        return cls(str(path), str(tmp), axes, shape, chunks)
+        return cls(str(path), axes, shape, chunks)
 
     def __getstate__(self):  # sent to dask workers: paths only
         return {**self.__dict__, "_array": None}
@@ -178,24 +174,37 @@ class ZarrSink:
         if self._array is None:
             import zarr
 
-            self._array = zarr.open_array(os.path.join(self.tmp, "0"), mode="r+", zarr_format=2)
-        self._array[index] = data
+            self._array = zarr.open_array(os.path.join(self.path, "0"), mode="r+", zarr_format=2)
+        # One chunk per call, with Ctrl-C and SIGTERM held: zarr writes in its own thread, and a write
+        # still running there after a failure (a full disk, an interrupt) would recreate folders in an
+        # output that is being removed.
+        for target, part in self._chunks(index):
+            with interrupts_deferred():
+                self._array[target] = data[part]
 
-    def commit(self, overwrite: bool) -> None:
-        _replace(Path(self.tmp), Path(self.final), overwrite)
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def _chunks(self, index):
+        """(index in the array, index in the block's data) of each chunk of a chunk-aligned region."""
+        axes = []
+        for i, chunk, size in zip(index, self.chunks, self.shape):
+            if isinstance(i, int):  # a sample axis: not in the data
+                axes.append([(i, None)])
+                continue
+            lo, hi = i.start or 0, size if i.stop is None else i.stop
+            axes.append([(slice(a, min(a + chunk, hi)), slice(a - lo, min(a + chunk, hi) - lo))
+                         for a in range(lo, hi, chunk)])
+        for combination in itertools.product(*axes):
+            yield (tuple(t for t, _ in combination), tuple(p for _, p in combination if p is not None))
 
 
 class TiffSink:
-    """An uncompressed (Big)OME-TIFF of float32, its pixels written in place with ``os.pwrite``.
+    """An uncompressed (Big)OME-TIFF of float32 at ``path`` (a temporary name, as for ``ZarrSink``), its
+    pixels written in place with ``os.pwrite``.
 
     tifffile lays the file out with contiguous pixel data; blocks then write their rows at their
     offsets (no memory-map, so written pages never count as this process's memory)."""
 
-    def __init__(self, final: str, tmp: str, axes: str, shape, offset: int):
-        self.final, self.tmp, self.axes, self.shape, self.offset = final, tmp, axes, tuple(shape), offset
+    def __init__(self, path: str, axes: str, shape, offset: int):
+        self.path, self.axes, self.shape, self.offset = path, axes, tuple(shape), offset
 
     @classmethod
     def create(cls, path: Path, axes: str, shape, scale, units) -> "TiffSink":
@@ -203,7 +212,6 @@ class TiffSink:
 
         from .io import _S_MARKER, _norm_unit
 
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
         metadata: dict = {"axes": axes.replace("S", "Q")}
         if "S" in axes:
             metadata["TypeDescription"] = {"Q": _S_MARKER}
@@ -212,13 +220,9 @@ class TiffSink:
                 metadata[f"PhysicalSize{axis}"] = float(scale[axis])
                 if (units or {}).get(axis):
                     metadata[f"PhysicalSize{axis}Unit"] = _norm_unit(units[axis])
-        try:
-            offset, _ = tifffile.imwrite(tmp, shape=tuple(shape), dtype="float32", ome=True,
-                                         photometric="minisblack", metadata=metadata, returnoffset=True)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return cls(str(path), str(tmp), axes, shape, int(offset))
+        offset, _ = tifffile.imwrite(path, shape=tuple(shape), dtype="float32", ome=True,
+                                     photometric="minisblack", metadata=metadata, returnoffset=True)
+        return cls(str(path), axes, shape, int(offset))
 
     def write(self, index, data: np.ndarray) -> None:
         data = np.ascontiguousarray(data, dtype="<f4")
@@ -231,7 +235,7 @@ class TiffSink:
             split -= 1
         run = data.reshape(int(np.prod(block[:split])), -1)
         strides = np.cumprod([1] + list(self.shape[::-1]))[::-1][1:]  # elements per step of each axis
-        fd = os.open(self.tmp, os.O_WRONLY)
+        fd = os.open(self.path, os.O_WRONLY)
         try:
             for row, lead in zip(run, np.ndindex(*block[:split])):
                 element = sum((s + k) * st for s, k, st in zip(starts[:split], lead, strides[:split]))
@@ -239,12 +243,6 @@ class TiffSink:
                 _pwrite_all(fd, row.tobytes(), self.offset + 4 * int(element))
         finally:
             os.close(fd)
-
-    def commit(self, overwrite: bool) -> None:
-        _replace(Path(self.tmp), Path(self.final), overwrite)
-
-    def abort(self) -> None:
-        Path(self.tmp).unlink(missing_ok=True)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -269,68 +267,42 @@ def _ome_multiscales(axes: str, scale: dict, units: dict) -> dict:
             "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": factors}]}]}
 
 
-def _replace(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Give ``tmp`` the final name; an existing final file or folder is removed only after that."""
-    if final.exists() and not overwrite:
-        raise SelfDenoiseError(f"{final} exists; pass --overwrite (overwrite=True) to replace it")
-    if final.is_dir() and not tmp.is_dir():
-        raise SelfDenoiseError(f"{final} is a folder; remove it or choose another output name")
-    aside = None
-    if final.is_dir():  # a folder cannot be replaced by a rename: move the old one aside first
-        aside = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
 def check_target(path, overwrite: bool) -> Path:
-    """An output path we can write: a known type, its folder exists, and no clobbering unasked."""
+    """An output path we can write: a known type, and the rules of ``outputs.plan_output``."""
     path = Path(path)
-    name = path.name.lower()
-    if not (is_zarr_path(path) or name.endswith(TIFF_OUT_SUFFIXES)):
+    if not (is_zarr_path(path) or path.name.lower().endswith(TIFF_OUT_SUFFIXES)):
         raise SelfDenoiseError(f"cannot stream to {path}: use a name ending in .ome.zarr, .zarr or .ome.tif")
-    if not path.parent.is_dir():
-        raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise SelfDenoiseError(f"{path} exists; pass --overwrite to replace it")
-    if path.exists() and path.is_dir() and not is_zarr_path(path):
-        raise SelfDenoiseError(f"{path} is a folder; give a file name")
-    return path
+    return plan_output(path, overwrite=overwrite)
 
 
-def open_sinks(targets: dict, layout: Layout, scale, units, block_override=None, require_zarr: bool = False):
-    """One sink per output, and the block shape that fits all of them (checked before any work)."""
+def open_outputs(stack: ExitStack, targets: dict, overwrite: bool) -> dict:
+    """Enter an ``atomic_write`` per output on ``stack``; returns {output name: temporary path}: the
+    outputs get their final names when the stack closes normally, and are removed otherwise."""
+    return {name: stack.enter_context(atomic_write(path, overwrite=overwrite)) for name, path in targets.items()}
+
+
+def open_sinks(targets: dict, temps: dict, layout: Layout, scale, units, block_override=None,
+               require_zarr: bool = False):
+    """One sink per output (``targets``: {output name: final path}, which decides the format; ``temps``:
+    where to write it, from ``open_outputs``), and the block shape that fits all of them."""
     targets = {name: Path(p) for name, p in targets.items()}
     zarr_out = {is_zarr_path(p) for p in targets.values()}
     if require_zarr and zarr_out != {True}:
         raise SelfDenoiseError("distributed prediction writes OME-Zarr: give outputs ending in .ome.zarr")
     chunks, block = chunk_and_block(layout.spatial_shape, whole_rows=False in zarr_out, block=block_override)
     sinks = {}
-    try:
-        for name, path in targets.items():
-            zarr = is_zarr_path(path)
-            axes = output_axes(layout.axes, zarr)
-            shape = [layout.shape[layout.axes.index(a)] for a in axes]
-            if zarr:
-                spatial_chunks = dict(zip([a for a in "ZYX" if a in axes], chunks))
-                chunk_shape = [spatial_chunks.get(a, 1 if a in "ST" else n) for a, n in zip(axes, shape)]
-                sinks[name] = ZarrSink.create(path, axes, shape, chunk_shape, scale, units)
-            else:
-                _check_free_space(path, int(np.prod(shape)) * 4)
-                sinks[name] = TiffSink.create(path, axes, shape, scale, units)
-    except BaseException:
-        for sink in sinks.values():
-            sink.abort()
-        raise
+    for name, path in targets.items():
+        zarr = is_zarr_path(path)
+        axes = output_axes(layout.axes, zarr)
+        shape = [layout.shape[layout.axes.index(a)] for a in axes]
+        if zarr:
+            spatial_chunks = dict(zip([a for a in "ZYX" if a in axes], chunks))
+            chunk_shape = [spatial_chunks.get(a, 1 if a in "ST" else n) for a, n in zip(axes, shape)]
+            sinks[name] = ZarrSink.create(temps[name], axes, shape, chunk_shape, scale, units)
+        else:  # written sparse at first: the space must be there when the blocks come
+            check_free_space(path, int(np.prod(shape)) * 4)
+            sinks[name] = TiffSink.create(temps[name], axes, shape, scale, units)
     return sinks, block
-
-
-def _check_free_space(path: Path, needed: int) -> None:
-    free = shutil.disk_usage(path.parent).free
-    if free < needed * 1.02 + 64 * 1024**2:
-        raise SelfDenoiseError(f"{path} needs {needed / 1e9:.1f} GB but its disk has {free / 1e9:.1f} GB free; "
-                               "free some space or write elsewhere")
 
 
 def write_block(sinks: dict, layout: Layout, block: Block, results: dict) -> None:
@@ -343,18 +315,6 @@ def write_block(sinks: dict, layout: Layout, block: Block, results: dict) -> Non
         present = [a for a in canonical if a in kept]
         values = values.transpose([present.index(a) for a in kept])
         sink.write(region_index(sink.axes, layout, block.sample, block.box), values)
-
-
-def disk_full_error(err: OSError, targets) -> SelfDenoiseError:
-    names = ", ".join(str(p) for p in targets)
-    return SelfDenoiseError(f"the disk filled up while writing {names}: nothing was left under that name; "
-                            "free some space (or write elsewhere) and run again")
-
-
-def finish(sinks: dict, overwrite: bool) -> list[Path]:
-    for sink in sinks.values():
-        sink.commit(overwrite)
-    return [Path(sink.final) for sink in sinks.values()]
 
 
 # ----------------------------------------------------------------------------------- one process
@@ -375,26 +335,18 @@ def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: boo
     paths = {name: check_target(p, overwrite) for name, p in targets.items()}
     predictor = denoiser.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device)
     plan = predictor.plan(layout.spatial_shape)
-    sinks, block_shape = open_sinks(paths, layout, scale, units, block)
-    blocks = block_grid(layout, block_shape)
     try:
-        for done, block_ in enumerate(blocks, start=1):
-            results = predict_block(predictor, plan, image, layout, denoiser.normalization, block_,
-                                    denoiser.method.outputs)
-            write_block(sinks, layout, block_, {n: r for n, r in results.items() if n in sinks})
-            release_pages(image)
-            yield done, len(blocks)
-        return finish(sinks, overwrite)
-    except OSError as err:
-        for sink in sinks.values():
-            sink.abort()
-        if err.errno == errno.ENOSPC:
-            raise disk_full_error(err, paths.values()) from None
-        raise
-    except BaseException:
-        for sink in sinks.values():
-            sink.abort()
-        raise
+        with ExitStack() as stack:  # any failure (a full disk, Ctrl-C, SIGTERM) removes the outputs
+            sinks, block_shape = open_sinks(paths, open_outputs(stack, paths, overwrite), layout, scale, units,
+                                            block)
+            blocks = block_grid(layout, block_shape)
+            for done, block_ in enumerate(blocks, start=1):
+                results = predict_block(predictor, plan, image, layout, denoiser.normalization, block_,
+                                        denoiser.method.outputs)
+                write_block(sinks, layout, block_, {n: r for n, r in results.items() if n in sinks})
+                release_pages(image)
+                yield done, len(blocks)
+        return list(paths.values())
     finally:
         if not (denoiser._trainer is not None and denoiser._trainer.running):
             denoiser.network.to("cpu")
