@@ -47,10 +47,12 @@ def placement(layer, region: tuple[slice, ...] | None = None) -> dict:
             "units": tuple(str(u) for u in layer.units)}
 
 
-def result_layer_kwargs(source, output: str, method: str, axes: str) -> dict:
-    """Name, placement, display and metadata for one output of a run on ``source``."""
-    names = {"denoised": f"{source.name} denoised ({method})", "noise_std": f"{source.name} noise std"}
-    kwargs = {"name": names.get(output, f"{source.name} {output}"), **placement(source),
+def result_layer_kwargs(source, output: str, method: str, axes: str, label: str | None = None) -> dict:
+    """Name, placement, display and metadata for one output of a run on ``source``. The name shows
+    ``label`` (default: the method) in brackets, e.g. "n2s, 2000 steps, 0:01:32" to tell results apart."""
+    label = label or method
+    names = {"denoised": f"{source.name} denoised ({label})", "noise_std": f"{source.name} noise std ({label})"}
+    kwargs = {"name": names.get(output, f"{source.name} {output} ({label})"), **placement(source),
               "metadata": {"axes": axes, "source": source.name, "method": method, "output": output}}
     if output == "denoised":
         kwargs.update(colormap=source.colormap.name, contrast_limits=tuple(source.contrast_limits),

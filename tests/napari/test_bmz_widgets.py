@@ -66,6 +66,7 @@ def test_export_dialog_defaults_and_export(viewer, model_file, tmp_path, qtbot):
 def test_train_widget_exports_and_the_package_applies(viewer, qtbot, tmp_path, noisy, errors):
     _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
     train.image_picker.setCurrentText("cells")
+    train.method_picker.setCurrentIndex(train.method_picker.findData("n2v2"))
     for spin, value in ((train.steps, 3), (train.features, 4), (train.depth, 1), (train.patch, 32),
                         (train.batch, 2)):
         spin.setValue(value)
@@ -80,7 +81,8 @@ def test_train_widget_exports_and_the_package_applies(viewer, qtbot, tmp_path, n
     assert apply.load_model(package)
     assert "N2V2" in apply.model_info.text()
     apply.image_picker.setCurrentText("cells")
-    viewer.layers.remove("cells denoised (n2v2)")
+    viewer.layers.remove(next(layer for layer in viewer.layers  # the Train widget's result
+                              if layer.name.startswith("cells denoised (n2v2, 3 steps, ")))
     apply.start()
     qtbot.waitUntil(lambda: apply.worker is None, timeout=WAIT_MS)
     assert errors() == []
@@ -135,7 +137,8 @@ def test_start_from_model_fine_tunes_in_the_train_widget(viewer, qtbot, model_fi
     qtbot.waitUntil(lambda: train.worker is None, timeout=WAIT_MS)
     assert errors() == []
     assert train.denoiser.state.step == Denoiser.load(model_file).state.step + 2
-    assert "cells denoised (n2v2)" in viewer.layers
+    # named apart from Apply's "cells denoised (n2v2)": fine-tuned, with its steps and time
+    assert any(layer.name.startswith("cells denoised (n2v2 fine-tuned, ") for layer in viewer.layers)
     # a model that does not fit the layer is refused as the axes are checked
     viewer.add_image(np.zeros((16, 64, 64), np.float32), name="stack")
     train.image_picker.setCurrentText("stack")

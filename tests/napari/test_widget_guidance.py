@@ -120,3 +120,45 @@ def test_cancelled_classic_stays_cancelled(viewer, qtbot, errors):
                                         (0.44, "2 s/patch"), (0.0, "measuring speed")])
 def test_slow_3d_training_speed_is_not_zero_patches_per_second(rate, text):
     assert rate_text(rate) == text
+
+
+def test_an_under_trained_result_is_not_handed_back_as_good(viewer, qtbot, errors):
+    widget = train_widget(viewer, steps=2, method="n2s")  # 2 steps: far from a usable network
+    states = record_states(widget)
+    widget.start()
+    wait_done(qtbot, widget)
+    assert "checking" in states and states[-1] == "done"
+    text = widget.status.text()
+    assert "Not better than a classical filter" in text or "barely differs from the input" in text
+    assert "Save the model" not in text
+    assert widget.classic_button.isVisibleTo(widget)
+    table = widget.score_table
+    assert [table.item(r, 0).text() for r in range(table.rowCount())] == ["n2s", "classic"]
+    widget.classic_button.click()  # the better one, in seconds
+    wait_done(qtbot, widget)
+    kept = {layer.metadata.get("method") for layer in viewer.layers if layer.metadata.get("output") == "denoised"}
+    assert kept == {"n2s", "classic"}  # both kept, named apart
+    assert not widget.classic_button.isVisibleTo(widget)
+    assert errors() == []
+
+
+def test_auto_is_the_default_and_shows_its_score_table(viewer, qtbot, errors):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
+    assert widget.method == "auto"
+    widget.image_picker.setCurrentText("cells")
+    for spin, value in ((widget.steps, 8), (widget.features, 8), (widget.depth, 1), (widget.patch, 32),
+                        (widget.batch, 2)):
+        spin.setValue(value)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.score_table.rowCount() > 0, timeout=WAIT_MS)
+    assert widget.score_table.item(0, 0).text() == "classic"  # scored first, in seconds
+    wait_done(qtbot, widget)
+    assert errors() == []
+    table = widget.score_table
+    rows = {table.item(r, 0).text(): table.item(r, 3).text() for r in range(table.rowCount())}
+    assert set(rows) == {"classic", "n2s", "nnet", "n2same"}
+    assert list(rows.values()).count("winner") == 1
+    winner = next(m for m, status in rows.items() if status == "winner")
+    assert f"Auto done: {winner}" in widget.status.text() and "Estimated quality" in widget.status.text()
+    layer = next(layer for layer in viewer.layers if layer.metadata.get("output") == "denoised")
+    assert layer.name.startswith(f"cells denoised (auto: {winner}, ") and layer.metadata["method"] == winner

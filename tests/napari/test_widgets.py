@@ -28,9 +28,10 @@ def viewer(make_napari_viewer, noisy):
     return viewer
 
 
-def train_widget(viewer, steps=6):
+def train_widget(viewer, steps=6, method="n2v2"):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
     widget.image_picker.setCurrentText("cells")
+    choose(widget, method)
     widget.steps.setValue(steps)
     widget.features.setValue(8)
     widget.depth.setValue(1)
@@ -41,6 +42,11 @@ def train_widget(viewer, steps=6):
 
 def choose(widget, method):
     widget.method_picker.setCurrentIndex(widget.method_picker.findData(method))
+
+
+def results(viewer) -> dict:
+    """The result layers of the Train widget, by output ("denoised", "noise_std")."""
+    return {layer.metadata["output"]: layer for layer in viewer.layers if "output" in layer.metadata}
 
 
 def wait_done(qtbot, widget):
@@ -67,19 +73,23 @@ def test_each_method_trains_through_the_worker_and_adds_results(viewer, qtbot, m
     assert widget.worker is not None and not widget.train_button.isEnabled()
     wait_done(qtbot, widget)
     assert errors() == []
-    label = "classic" if method == "classic" else method
-    result = viewer.layers[f"cells denoised ({label})"]
+    result = results(viewer)["denoised"]
+    assert result.metadata["method"] == method
+    # named by method, steps and time, so that several results can be told apart
+    assert result.name.startswith(f"cells denoised ({method}, 6 steps, " if method != "classic"
+                                  else "cells denoised (classic ")
     assert result.data.shape == noisy.shape and result.data.dtype == np.float32
     assert tuple(result.scale) == SCALE and tuple(result.translate) == TRANSLATE
     assert tuple(result.axis_labels) == ("y", "x")
     assert np.array_equal(source.data, before)  # the source layer is never modified
-    expected_layers = {"cells", f"cells denoised ({label})"} | ({"cells noise std"} if method == "nnet" else set())
+    expected_layers = {"cells", result.name} | ({results(viewer)["noise_std"].name} if method == "nnet" else set())
     assert {layer.name for layer in viewer.layers} == expected_layers  # and no preview layer left behind
     widget.noise_plot.redraw()
     signal, std = widget.noise_plot.data("measured (noisy - denoised)")
     assert len(signal) >= 3 and all(s > 0 for s in std)
     if method == "nnet":
-        noise = viewer.layers["cells noise std"]
+        noise = results(viewer)["noise_std"]
+        assert viewer.layers.index(noise) < viewer.layers.index(result)  # below: it does not hide the result
         assert noise.data.shape == noisy.shape and (noise.data > 0).all()
         assert len(widget.noise_plot.data("predicted (N-net)")[1]) == len(signal)
     if method != "classic":
@@ -114,7 +124,7 @@ def test_stop_ends_training_and_still_adds_the_best_result(viewer, qtbot):
     wait_done(qtbot, widget)
     steps = widget.denoiser.state.step
     assert steps < 100
-    assert "cells denoised (n2v2)" in viewer.layers
+    assert results(viewer)["denoised"].metadata["method"] == "n2v2"
     assert "stopped early" in widget.status.text()
 
 
@@ -148,7 +158,7 @@ def test_saved_model_applies_in_the_apply_widget(viewer, qtbot, tmp_path, noisy,
     assert "N2V2" in apply.model_info.text() and "YX" in apply.model_info.text()
     apply.image_picker.setCurrentText("cells")
     assert apply.apply_button.isEnabled()
-    viewer.layers.remove("cells denoised (n2v2)")
+    viewer.layers.remove(results(viewer)["denoised"])
     apply.start()
     qtbot.waitUntil(lambda: apply.worker is None, timeout=WAIT_MS)
     assert errors() == []
@@ -257,7 +267,7 @@ def test_training_region_from_a_shapes_layer(viewer, qtbot, noisy, errors, monke
     wait_done(qtbot, widget)
     assert errors() == []
     assert seen == [[(slice(20, 60), slice(8, 100))]]
-    assert viewer.layers["cells denoised (n2v2)"].data.shape == noisy.shape
+    assert results(viewer)["denoised"].data.shape == noisy.shape
 
 
 def test_an_empty_shapes_layer_is_a_clear_message(viewer, errors):

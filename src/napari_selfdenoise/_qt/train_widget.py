@@ -6,8 +6,8 @@ import time
 
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QVBoxLayout,
-                            QWidget)
+                            QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+                            QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from superqt import QCollapsible
 
 from .._layers import (check_layer, layer_axes, placement, result_layer_kwargs, shape_boxes,
@@ -17,8 +17,10 @@ from ..core.errors import SelfDenoiseError
 from .common import LayerPicker, duration, notify_error, on_array, rate_text, scrolling, start_job
 from .plots import LossPlot, NoisePlot, theme_colors
 
-CLASSIC = "classic"
+CLASSIC, AUTO = "classic", "auto"
 METHOD_TITLES = {
+    AUTO: "Auto (recommended): the classical filter in seconds, then n2s, nnet and n2same raced on one "
+          "self-supervised score within your budget; the best result is kept",
     "n2s": "Noise2Self: J-invariant grid masking (Batson & Royer 2019)",
     "n2v": "Noise2Void: random blind spots (Krull et al. 2019)",
     "n2v2": "N2V2: Noise2Void without checkerboard artefacts (Höck et al. 2022)",
@@ -28,13 +30,18 @@ METHOD_TITLES = {
 }
 # Options that only some methods have: (the methods, option name, label).
 METHOD_OPTIONS = ((("n2same",), "lambda_inv", "λ invariance"), (("nnet",), "mixture", "noise mixture K"),
-                  (("n2s", "n2v", "n2v2", "n2same", "nnet", "classic"), "blind_radius", "blind radius"))
+                  (("auto", "n2s", "n2v", "n2v2", "n2same", "nnet", "classic"), "blind_radius", "blind radius"))
 
 
 # What a run is doing, as the status line and ``state_changed`` say it. ACTIVE ones can be paused.
-STATES = ("idle", "starting", "running", "paused", "stopping", "finishing", "predicting", "cancelled", "done",
-          "failed")
-ACTIVE = ("starting", "running", "stopping", "finishing", "predicting")
+STATES = ("idle", "starting", "running", "paused", "stopping", "finishing", "predicting", "checking", "cancelled",
+          "done", "failed")
+ACTIVE = ("starting", "running", "stopping", "finishing", "predicting", "checking")
+# Stage messages: the phase they belong to and what the status line calls them.
+STAGES = {"predicting": ("predicting", "Denoising the whole image with the best weights"),
+          "calibrating": ("predicting", "Calibrating the classical filters"),
+          "denoising": ("predicting", "Denoising with the best filter"),
+          "checking": ("checking", "Comparing the result with the classical filter (self-supervised score)")}
 
 
 class TrainWidget(QWidget):
@@ -67,7 +74,7 @@ class TrainWidget(QWidget):
         self._set_running(False)
         self.destroyed.connect(_stop_on_close(self))
         # Import the engine now: an import inside the worker would hold the GIL and freeze the GUI.
-        from ..core import classic, denoiser, jobs, training  # noqa: F401
+        from ..core import auto, classic, denoiser, jobs, training, verdict  # noqa: F401
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -85,7 +92,7 @@ class TrainWidget(QWidget):
         for name, title in METHOD_TITLES.items():
             self.method_picker.addItem(f"{name}: {title.split(':')[0]}", name)
             self.method_picker.setItemData(self.method_picker.count() - 1, title, Qt.ItemDataRole.ToolTipRole)
-        self.method_picker.setCurrentIndex(list(METHOD_TITLES).index("n2v2"))
+        self.method_picker.setCurrentIndex(list(METHOD_TITLES).index(AUTO))
         self.method_help = QLabel()
         self.method_help.setWordWrap(True)
         self.steps = _spin(1, 10_000_000, 2000, "Training steps (batches); the first budget reached ends training")
@@ -161,6 +168,12 @@ class TrainWidget(QWidget):
         export_row.addStretch()
         export_row.addWidget(self.export_button)
         self.export_button.clicked.connect(lambda: self.export_bioimageio())
+        self.classic_button = QPushButton("Use the classical filter instead")
+        self.classic_button.setToolTip("Denoise this layer with the classical filter whose parameter the "
+                                       "self-supervised loss chooses (seconds): it scored better than this result")
+        self.classic_button.clicked.connect(self.use_classic)
+        self.classic_button.setVisible(False)
+        export_row.insertWidget(0, self.classic_button)
         self.train_button.clicked.connect(self.start)
         self.pause_button.toggled.connect(self.set_paused)
         self.stop_button.clicked.connect(self.stop)
@@ -175,6 +188,16 @@ class TrainWidget(QWidget):
         self.plots = QTabWidget()  # one plot at a time: a laptop screen has no room for both
         self.plots.addTab(self.loss_plot, "Loss")
         self.plots.addTab(self.noise_plot, "Noise level")
+        self.score_table = QTableWidget(0, 4)
+        self.score_table.setHorizontalHeaderLabels(["method", "score (lower is better)", "steps", "status"])
+        self.score_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.score_table.horizontalHeader().setStretchLastSection(True)
+        self.score_table.verticalHeader().setVisible(False)
+        self.score_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.score_table.setToolTip("The self-supervised score of each result: the error of its prediction of "
+                                    "held-out pixels hidden from it (Noise2Self), on the same pixels for all. "
+                                    "It ranks results like the true error, without a clean image")
+        self.plots.addTab(self.score_table, "Scores")
         self.plots.setToolTip("Loss: training (running mean) and validation loss per step. Noise level: the "
                               "noise std against the signal (measured on the result; N-net also predicts it)")
 
@@ -327,6 +350,9 @@ class TrainWidget(QWidget):
         self.noise_plot.clear_data()
         self.losses = {"step": [], "train": [], "val_step": [], "val": []}
         self.paused = False
+        self.classic_button.setVisible(False)
+        self.status.setStyleSheet("")
+        self.score_table.setRowCount(0)
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self._set_phase("starting", "Starting...")
@@ -335,7 +361,8 @@ class TrainWidget(QWidget):
         self._set_running(True)
 
     def _prepare(self):
-        from ..core.jobs import box_regions, classic_job, preview_region, train_job
+        from ..core.jobs import auto_job, box_regions, classic_job, preview_region, train_job
+        from ..core.verdict import checked_job
 
         layer = self.image_picker.layer()
         axes = self.axes_edit.text().strip().upper()
@@ -358,7 +385,7 @@ class TrainWidget(QWidget):
                 changes["lr"] = wanted["lr"]
             self.denoiser.prepare_fine_tuning(axes, **changes)
             self.denoiser.check_axes(layer.data.shape, axes)
-            run["method"] = self.denoiser.config.method
+            run.update(method=self.denoiser.config.method, fine_tuned=True)
         else:
             self.denoiser = Denoiser(config=self.config(axes))
         shape = layer.data.shape
@@ -371,7 +398,11 @@ class TrainWidget(QWidget):
             regions = box_regions(shape_boxes(shapes, layer, axes), shape, axes)
         preview = preview_region(shape, axes, view_position(layer, self.viewer), depth=self.denoiser.config.patch_z)
         denoiser, tta = self.denoiser, self.tta.isChecked()
-        return on_array(layer.data, lambda image: train_job(denoiser, image, regions, preview, tta)), run
+        if run["method"] == AUTO:  # the race compares with the classical filter itself
+            return on_array(layer.data, lambda image: auto_job(denoiser, image, regions, preview, tta)), run
+        # a trained result is checked against the classical filter before it is handed back
+        return on_array(layer.data, lambda image: checked_job(
+            train_job(denoiser, image, regions, preview, tta), denoiser, image, axes)), run
 
     def set_paused(self, paused: bool) -> None:
         if self.worker is None:
@@ -497,9 +528,8 @@ class TrainWidget(QWidget):
                 self.progress.setRange(0, message.total)
                 self.progress.setValue(message.done)
                 self.progress.setFormat(f"{message.name} %p%")
-                what = {"predicting": "Denoising the whole image with the best weights"}.get(
-                    message.name, message.name.capitalize())
-                self._set_phase("predicting", f"{what}: {message.done}/{message.total}")
+                phase, what = STAGES.get(message.name, ("predicting", message.name.capitalize()))
+                self._set_phase(phase, f"{what}: {message.done}/{message.total}")
 
     def _on_progress(self, event) -> None:
         if "stage" in event.extra:  # a finishing step after the last step (N-net's calibration)
@@ -508,6 +538,10 @@ class TrainWidget(QWidget):
             self._set_phase("finishing", f"Training ended at step {event.step}; {event.extra['stage']}...")
             return
         self.run["last_event"] = event
+        if "scores" in event.extra:
+            self._show_scores(event.extra["scores"])
+        if event.train_loss != event.train_loss:  # NaN: auto's first event (the classical filter) has no loss
+            return
         losses = self.losses
         losses["step"].append(event.step)
         losses["train"].append(event.train_loss)
@@ -525,12 +559,28 @@ class TrainWidget(QWidget):
         self.progress.setValue(int(1000 * fraction))
         self.progress.setFormat("training %p%")
         budget = f"/{event.max_steps}" if event.max_steps else ""
-        detail = (f"Step {event.step}{budget} · loss {event.train_loss:.4g} · "
+        candidate = f" ({event.extra['candidate']})" if "candidate" in event.extra else ""
+        detail = (f"Step {event.step}{budget}{candidate} · loss {event.train_loss:.4g} · "
                   f"{rate_text(event.patches_per_second)} · {duration(left)} left")
         if self.phase == "stopping":
             self._set_phase("stopping", f"Stopping after this step; then denoising with the best weights · {detail}")
         else:
             self._set_phase("running", detail)
+
+    def _show_scores(self, rows: list[dict]) -> None:
+        """The score table: one row per candidate (auto) or the result and the classical filter."""
+        table = self.score_table
+        table.setRowCount(len(rows))
+        best = min((r["score"] for r in rows if r.get("score") is not None), default=None)
+        for number, row in enumerate(rows):
+            score = "-" if row.get("score") is None else f"{row['score']:.4g}"
+            if row.get("stderr"):
+                score += f" ± {row['stderr']:.1g}"
+            if row.get("score") is not None and best and row["score"] > best:
+                score += f" (+{100 * (row['score'] / best - 1):.0f} %)"
+            steps = "calibrated" if row["method"] == CLASSIC else str(row.get("steps", ""))
+            for column, text in enumerate((row["method"], score, steps, row.get("status", ""))):
+                table.setItem(number, column, QTableWidgetItem(text))
 
     def _on_preview(self, preview) -> None:
         run = self.run
@@ -552,21 +602,61 @@ class TrainWidget(QWidget):
             return
         self._remove_preview()
         source = run["source"]
-        for output, data in result.outputs.items():
-            self.viewer.add_image(data, **result_layer_kwargs(source, output, run["method"], run["axes"]))
-        calibration = result.extra.get("calibration")
-        if calibration is not None:
-            self.noise_plot.show_curve(result.extra["noise_curve"])
-            text = (f"Done: {calibration.denoiser} ({calibration.parameter_name} = "
-                    f"{calibration.parameter:.3g}) had the lowest self-supervised loss.")
-        else:
-            how = "stopped early; best weights used" if result.stopped else "done"
-            text = (f"Training {how} after {self.denoiser.state.step} steps "
-                    f"({duration(self.denoiser.state.elapsed)}). Save the model to reuse it.")
+        if source not in self.viewer.layers:  # removed while the result was being computed
+            self._set_phase("cancelled", f"Cancelled: the layer {source.name!r} was removed; nothing added.")
+            return
+        text, warning, method, label = self._result_summary(result)
+        # the denoised layer last: on top, selected, not hidden under the noise-std map
+        for output in sorted(result.outputs, key=lambda name: name == "denoised"):
+            self.viewer.add_image(result.outputs[output],
+                                  **result_layer_kwargs(source, output, method, run["axes"], label))
+        self.classic_button.setVisible(warning)
+        self.status.setStyleSheet("color: #d4a72c" if warning else "")
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("done")
         self._set_phase("done", text)
+
+    def _result_summary(self, result) -> tuple[str, bool, str, str]:
+        """The status line, whether it warns (the result is not better than the classical filter), the
+        method that made the result, and the result layers' label: method, steps and time, so that
+        several results can be told apart."""
+        run = self.run
+        took = duration(time.monotonic() - run["started"])
+        calibration, race, verdict = (result.extra.get(k) for k in ("calibration", "auto", "verdict"))
+        if calibration is not None:
+            self.noise_plot.show_curve(result.extra["noise_curve"])
+            text = (f"Done: {calibration.denoiser} ({calibration.parameter_name} = "
+                    f"{calibration.parameter:.3g}) had the lowest self-supervised loss.")
+            return text, False, CLASSIC, f"classic {calibration.denoiser}, {took}"
+        steps = self.denoiser.state.step
+        how = "stopped early; best weights used" if result.stopped else "done"
+        if race is not None:
+            self._show_scores([row.to_dict() for row in race.scores])
+            estimate = f" Estimated quality: {race.estimate.text()}." if race.estimate is not None else ""
+            winner = race.winner if race.winner == CLASSIC else f"{race.winner} ({steps} steps)"
+            text = (f"Auto {how}: {winner} scored best of {len(race.scores)} (Scores tab).{estimate}"
+                    + (" Save the model to reuse it." if self.denoiser.trained else ""))
+            return text, False, race.winner, f"auto: {race.winner}, {steps} steps, {took}"
+        method = run["method"] + (" fine-tuned" if run.get("fine_tuned") else "")
+        text = f"Training {how} after {steps} steps ({duration(self.denoiser.state.elapsed)})."
+        if verdict is not None:
+            self._show_scores([{"method": method, "score": verdict.score, "steps": steps, "status": "this result"},
+                               {"method": CLASSIC, "score": verdict.classic_score,
+                                "status": "better" if verdict.worse else ""}])
+            text += f" {verdict.text()}"
+        if verdict is None or verdict.good:
+            text += " Save the model to reuse it."
+        return text, verdict is not None and not verdict.good, run["method"], f"{method}, {steps} steps, {took}"
+
+    def use_classic(self) -> None:
+        """Denoise the last run's layer with the self-calibrated classical filter (the better result)."""
+        if self.worker is not None:
+            return
+        if self.run is not None and self.run["source"] in self.viewer.layers:
+            self.image_picker.setCurrentText(self.run["source"].name)
+        self.method_picker.setCurrentIndex(self.method_picker.findData(CLASSIC))
+        self.start()
 
     def _on_error(self, err) -> None:
         notify_error(err)
