@@ -18,6 +18,7 @@ scripted ``__setstate__``, prediction runs its ``forward``, and either can creat
 - on the CPU, once torch is imported and warmed up and before the package is parsed, the child may open
   no new file descriptors (``RLIMIT_NOFILE`` at the lowest free one): the model's code cannot open files or
   sockets. This is hardening, not a sandbox (trust is still what decides);
+- the limits are enforced on Linux; elsewhere the child only keeps crashes out of the parent;
 - the child ends when the parent closes it (``close()``, ``with``), when its stdin closes (the parent
   exited) and, on Linux, when the parent dies (``PR_SET_PDEATHSIG``): no orphans.
 """
@@ -259,8 +260,9 @@ def _warm_up(torch) -> None:
 
 def _lock_files() -> None:
     """No new file descriptors from here on: ``open`` and ``socket`` fail with EMFILE."""
-    import resource
-
+    resource = _resource()
+    if resource is None:
+        return
     probe = os.open(os.devnull, os.O_RDONLY)
     os.close(probe)
     resource.setrlimit(resource.RLIMIT_NOFILE, (probe, probe))
@@ -273,12 +275,23 @@ def _limit_memory(torch, device: str, limit: int) -> None:
         share = limit / total if os.environ.get(MEMORY_ENV, "").strip() else 0.75
         torch.cuda.set_per_process_memory_fraction(min(1.0, share), index)
         return
-    import resource
-
+    resource = _resource()
+    if resource is None:
+        return
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _resource():
+    """The ``resource`` module where the limits are enforced (Linux); None elsewhere (Windows has no
+    such limits, macOS does not enforce RLIMIT_AS): there the child still keeps crashes out of napari."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import resource
+
+    return resource
 
 
 def _load(header: dict, weights: bytes):
