@@ -454,3 +454,21 @@ def test_the_child_does_not_outlive_its_parent(how, tmp_path):
             break
         time.sleep(0.1)
     assert _gone(pid), f"the child {pid} outlived its parent"
+
+
+def test_only_the_child_process_loads_torchscript():
+    """A guard on the code itself: torch's TorchScript loaders appear in core/sandbox.py only."""
+    from pathlib import Path
+
+    import napari_selfdenoise
+
+    root = Path(napari_selfdenoise.__file__).parent
+    loaders = ("jit.load(", "_load_for_lite_interpreter", "_load_jit_module_from", "_load_mobile_module_from",
+               "torch._C.import_ir_module")
+    for path in root.rglob("*.py"):
+        if path.name == "sandbox.py":
+            continue
+        code = "\n".join(line.split("#")[0] for line in path.read_text(encoding="utf-8").splitlines())
+        code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings may name them
+        for loader in loaders:
+            assert loader not in code, f"{path.name} calls {loader}: TorchScript must load in the child only"
