@@ -42,15 +42,15 @@ def test_stop_from_event_loop_ends_at_that_step_with_best_weights(image):
         if event.val_loss is not None and event.val_loss == event.best_val_loss:
             best, best_step = _weights(model.network), event.step  # a new best: what the trainer keeps
         last = _weights(model.network)
-        if event.step == 9:
+        if event.step == 13:  # an odd step: validated because it ends the run
             model.stop()
     final = events[-1]
-    assert final.step == 9 and model.state.step == 9, [e.step for e in events]
-    assert [e.step for e in events if not e.done] == list(range(1, 10))
+    assert final.step == 13 and model.state.step == 13, [e.step for e in events]
+    assert [e.step for e in events if not e.done] == list(range(1, 14))
     assert final.done and final.stopped
     assert not any(e.done or e.stopped for e in events[:-1])
     assert final.val_loss is not None  # the last step is validated
-    assert model.history["step"][-1] == 9 and len(model.history["step"]) == len(set(model.history["step"]))
+    assert model.history["step"][-1] == 13 and len(model.history["step"]) == len(set(model.history["step"]))
     # The network now holds the best-validation weights, not the last ones.
     assert best is not None and _same(_weights(model.network), best)
     assert best_step != final.step, "setup: the best step should not be the last one"

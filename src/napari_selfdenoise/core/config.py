@@ -25,7 +25,9 @@ class TrainConfig:
     patch_z: int = 16
     # The global batch: with several processes (torchrun) and ``accumulate`` it is cut into
     # processes x accumulate equal shards, each from its own random stream (see core/distributed.py).
-    batch: int = 16
+    # None: chosen for the device when training starts (16 on the CPU; on a GPU what fits, up to 128
+    # patches of 64^2; see core/device.py), then kept here.
+    batch: int | None = None
     # Gradient accumulation: shards per step in each process (less memory, the same step).
     accumulate: int = 1
     # Budget: the first one reached ends training. With none given, ``steps`` defaults to 2000.
@@ -59,7 +61,8 @@ class TrainConfig:
         if not isinstance(self.method, str) or not isinstance(self.device, str):
             raise SelfDenoiseError("method and device must be names (strings)")
         self.axes = validate_axes(self.axes)
-        for name in ("patch", "patch_z", "batch", "accumulate", "steps_per_epoch", "depth", "features"):
+        for name in ("patch", "patch_z", "accumulate", "steps_per_epoch", "depth", "features") + \
+                (("batch",) if self.batch is not None else ()):
             setattr(self, name, _integer(name, getattr(self, name), 1))
         for name in ("steps", "epochs"):
             if getattr(self, name) is not None:
@@ -74,7 +77,7 @@ class TrainConfig:
             self.z_levels = _integer("z_levels", self.z_levels, 0)
             if self.z_levels > self.depth:
                 raise SelfDenoiseError(f"z_levels must be between 0 and depth ({self.depth}), or None (automatic)")
-        if self.batch % self.accumulate:
+        if self.batch is not None and self.batch % self.accumulate:
             raise SelfDenoiseError(f"batch {self.batch} must be a multiple of accumulate {self.accumulate}")
         if self.time_limit is not None:
             self.time_limit = _positive("time_limit", self.time_limit, "a positive number of seconds")
