@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, help="patch size in Y and X (default 64; with --from: the model's)")
     p.add_argument("--patch-z", type=int, help="patch size in Z, for 3D (default 16; with --from: the model's)")
     p.add_argument("--batch", type=int,
-                   help="patches per step, in all (default 16; with --from: the model's); under torchrun each "
+                   help="patches per step, in all (default: 16 on the CPU, on a GPU the largest power of two up "
+                        "to 128 that fits in half its free memory; with --from: the model's); under torchrun each "
                         "of N processes trains on batch/N of them (batch must be a multiple of N x --accumulate)")
     p.add_argument("--accumulate", type=int, metavar="K",
                    help="gradient accumulation: each process splits its share of the batch into K "
@@ -488,7 +489,7 @@ def _train_with_progress(model, images, quiet: bool, desc: str = "training"):
 # ------------------------------------------------------------------------------ train
 
 
-_TRAIN_DEFAULTS = {"patch": 64, "patch_z": 16, "batch": 16, "accumulate": 1, "lr": 4e-4, "depth": 2,
+_TRAIN_DEFAULTS = {"patch": 64, "patch_z": 16, "batch": None, "accumulate": 1, "lr": 4e-4, "depth": 2,
                    "features": 32, "z_levels": None, "val_fraction": 0.1, "seed": 0, "steps_per_epoch": 100}
 # With --from these come from the model: they decide the network, so they cannot change.
 _FIXED_BY_MODEL = ("depth", "features", "z_levels")
@@ -553,7 +554,8 @@ def _train_and_save(model, images, out, device, group, quiet: bool, start_from=N
     budget = [f"{config.max_steps} steps" if config.max_steps else None,
               f"at most {_duration(config.time_limit)}" if config.time_limit else None]
     sizes = ", ".join("x".join(map(str, i.data.shape)) for i in images)
-    where = f"{group.world_size} processes ({device.type}), batch {config.batch // group.world_size} each" \
+    each = config.batch // group.world_size if config.batch else "chosen for the device"
+    where = f"{group.world_size} processes ({device.type}), batch {each} each" \
         if group.active else str(device)
     verb = f"fine-tuning {method} (from {Path(start_from).name}, {model.state.step} steps)" if start_from \
         else f"training {method}"
