@@ -84,9 +84,9 @@ def test_quality_estimate_within_its_stated_uncertainty(scene):
     clean, noisy = scene
     held = held_out(noisy)
     evaluation = held.evaluate(gaussian(1.0))
-    variance, stderr = noise_variance_from_data(held.crops)
-    assert abs(variance - SIGMA**2) < 0.1 * SIGMA**2
-    estimate = quality_estimate(evaluation, variance, stderr, "data")
+    variance, stderr, mse_stderr = noise_variance_from_data(held.crops, errors=evaluation.errors)
+    assert abs(variance - SIGMA**2) < 0.05 * SIGMA**2
+    estimate = quality_estimate(evaluation, variance, stderr, "data", mse_stderr=mse_stderr)
     assert estimate.reliable, estimate.reason
     truth = 10 * math.log10(estimate.peak**2 / true_mse(evaluation, clean))
     assert estimate.psnr_low <= truth <= estimate.psnr_high, (estimate, truth)

@@ -21,9 +21,11 @@ budget (three candidates cost 1.375 budgets in all); with a time limit the whole
 
 Quality estimate: the winner's score minus the mean noise variance estimates its mean squared error
 (Noise2Self), hence a PSNR. Noise variance: N-net's calibrated noise model when N-net won, else a robust
-estimate from the data (``noise_variance_from_data``). Uncertainty: a block bootstrap of the score and of
-the variance estimate, combined. The estimate is "not reliable" when the error is not positive within two
-standard errors, or when the noise looks shared by neighbouring pixels (the loss would then miss it).
+estimate from the data (``noise_variance_from_data``: PCA of small patches, Chen et al. 2015). Uncertainty: a
+block bootstrap of the score minus the variance estimate (jointly, on the same pixels: their errors partly
+cancel); with N-net's variance, the score's and the variance's standard errors combined. The estimate is
+"not reliable" when the error is not positive within two standard errors, or when the noise looks shared by
+neighbouring pixels (the loss would then miss it).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from .blind_radius import check_blind_radius, grid_spacing, shared_noise_hint
 from .config import TrainConfig
@@ -397,49 +398,67 @@ def classic_crop(source) -> np.ndarray:
 
 # --------------------------------------------------------------------------- noise variance, estimate
 
-_LAPLACIAN = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32) / 6.0  # unit gain on white noise
-_LEVELS = 16
+PCA_PATCH = 5  # patch edge of the PCA noise estimate (25 dimensions)
+PCA_BLOCK = 32  # bootstrap blocks of patch positions, in pixels
 
 
-def _variance_by_level(residual: np.ndarray, level: np.ndarray) -> float:
-    """Mean over pixels of a robust (MAD) variance of ``residual`` within quantile bins of ``level``: the
-    mean noise variance, also for noise that grows with the signal, with edges (outliers) ignored."""
-    edges = np.quantile(level, np.linspace(0, 1, _LEVELS + 1)[1:-1])
-    which = np.searchsorted(edges, level)
-    total = 0.0
-    for b in range(_LEVELS):
-        values = residual[which == b]
-        if values.size:
-            mad = np.median(np.abs(values - np.median(values)))
-            total += values.size * (1.4826 * mad) ** 2
-    return total / residual.size
+def _noise_eigenvalue_mean(scatter: np.ndarray, total: np.ndarray, count: int) -> float:
+    """Chen, Zhu & Heng (ICCV 2015): drop the largest eigenvalues of the patch covariance until the mean of
+    the rest is no more than their median; that mean is the noise variance (independent noise adds it to
+    every eigenvalue, and the signal lives in a few)."""
+    covariance = (scatter - np.outer(total, total) / count) / (count - 1)
+    eigenvalues = np.sort(np.linalg.eigvalsh(covariance))[::-1]
+    for start in range(len(eigenvalues)):
+        tail = eigenvalues[start:]
+        if tail.mean() <= np.median(tail):
+            return float(tail.mean())
+    return float(eigenvalues[-1])
 
 
-def noise_variance_from_data(crops: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
-    """Mean noise variance of raw (1, C, ...) crops and its bootstrap standard error: Immerkaer's
-    Laplacian-difference residual (in Y-X planes), robust per signal level (``_variance_by_level``)."""
-    residuals, levels, block_ids, offset = [], [], [], 0
-    for crop in crops:
-        for plane in crop.reshape(-1, *crop.shape[-2:]):
-            residual = ndi.convolve(plane, _LAPLACIAN, mode="mirror")[1:-1, 1:-1]
-            level = ndi.uniform_filter(plane, 3, mode="mirror")[1:-1, 1:-1]
-            ids = (np.arange(residual.shape[0])[:, None] // 16) * 1000 + np.arange(residual.shape[1])[None] // 16
-            residuals.append(residual.ravel())
-            levels.append(level.ravel())
-            block_ids.append(ids.ravel() + offset)
-            offset += 10**6
-    residual, level, ids = map(np.concatenate, (residuals, levels, block_ids))
-    variance = _variance_by_level(residual, level)
-    _, inverse = np.unique(ids, return_inverse=True)
-    members = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[members], np.arange(inverse.max() + 1))
-    groups = np.split(members, starts[1:])
+def _pca_blocks(crops: list[np.ndarray], errors: list[np.ndarray] | None = None) -> list[tuple]:
+    """Per block of ``PCA_BLOCK`` x ``PCA_BLOCK`` patch positions of each Y-X plane: the patches' scatter
+    matrix, sum and count, and (with ``errors``, the score's squared-error maps) the errors' sum and count."""
+    blocks = []
+    for k, crop in enumerate(crops):
+        planes = crop.reshape(-1, *crop.shape[-2:]).astype(np.float64)
+        error_planes = errors[k].reshape(-1, *crop.shape[-2:]) if errors is not None else [None] * len(planes)
+        for plane, error in zip(planes, error_planes):
+            windows = np.lib.stride_tricks.sliding_window_view(plane, (PCA_PATCH, PCA_PATCH))
+            for y in range(0, windows.shape[0], PCA_BLOCK):
+                for x in range(0, windows.shape[1], PCA_BLOCK):
+                    patches = windows[y : y + PCA_BLOCK, x : x + PCA_BLOCK].reshape(-1, PCA_PATCH**2)
+                    scored = (0.0, 0) if error is None else _finite_sum(error[y : y + PCA_BLOCK, x : x + PCA_BLOCK])
+                    blocks.append((patches.T @ patches, patches.sum(axis=0), len(patches), *scored))
+    return blocks
+
+
+def _finite_sum(values: np.ndarray) -> tuple[float, int]:
+    finite = values[np.isfinite(values)]
+    return float(finite.sum()), int(finite.size)
+
+
+def noise_variance_from_data(crops: list[np.ndarray], seed: int = 0, errors: list[np.ndarray] | None = None):
+    """Mean noise variance of raw (1, C, ...) crops (PCA of their 5 x 5 patches in Y-X planes, see
+    ``_noise_eigenvalue_mean``; signal-dependent noise gives its mean over the pixels) and its bootstrap
+    standard error over blocks of patch positions. Texture that looks like noise biases it up.
+
+    With ``errors`` (an ``Evaluation``'s maps on these crops) it also returns the standard error of the
+    score minus the variance, bootstrapped jointly over the same blocks: both come from the same noise,
+    so their errors partly cancel."""
+    blocks = _pca_blocks(crops, errors)
+    statistics = lambda chosen: tuple(sum(b[k] for b in chosen) for k in range(5))
+    scatter, total, count, error_sum, error_count = statistics(blocks)
+    variance = _noise_eigenvalue_mean(scatter, total, count)
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(BOOTSTRAP // 4):  # each draw re-bins all pixels: fewer draws suffice for a standard error
-        chosen = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-        draws.append(_variance_by_level(residual[chosen], level[chosen]))
-    return float(variance), float(np.std(draws, ddof=1))
+    variances, differences = [], []
+    for _ in range(BOOTSTRAP // 2):
+        scatter, total, count, error_sum, error_count = statistics(
+            [blocks[i] for i in rng.integers(0, len(blocks), len(blocks))])
+        variances.append(_noise_eigenvalue_mean(scatter, total, count))
+        differences.append(error_sum / max(error_count, 1) - variances[-1])
+    if errors is None:
+        return variance, float(np.std(variances, ddof=1))
+    return variance, float(np.std(variances, ddof=1)), float(np.std(differences, ddof=1))
 
 
 def noise_variance_from_nnet(denoiser, crops: list[np.ndarray]) -> tuple[float, float]:
@@ -463,11 +482,14 @@ def noise_variance_from_nnet(denoiser, crops: list[np.ndarray]) -> tuple[float, 
 
 
 def quality_estimate(evaluation: Evaluation, noise_variance: float, noise_stderr: float, source: str,
-                     shared_noise: str | None = None) -> QualityEstimate:
-    """Noise2Self's estimate of the winner's error: its score minus the noise variance (see the module)."""
+                     shared_noise: str | None = None, mse_stderr: float | None = None) -> QualityEstimate:
+    """Noise2Self's estimate of the winner's error: its score minus the noise variance (see the module).
+    ``mse_stderr``: the difference's standard error when known (a joint bootstrap), else the score's and the
+    variance's combined as independent."""
     score, score_stderr = evaluation.score, evaluation.stderr
     mse = score - noise_variance
-    stderr = math.sqrt((score_stderr if math.isfinite(score_stderr) else 0.0) ** 2 + noise_stderr**2)
+    stderr = mse_stderr if mse_stderr is not None else \
+        math.sqrt((score_stderr if math.isfinite(score_stderr) else 0.0) ** 2 + noise_stderr**2)
     peak = evaluation.peak
     common = {"mse": mse, "mse_stderr": stderr, "peak": peak, "noise_variance": noise_variance,
               "noise_variance_stderr": noise_stderr, "noise_source": source, "score": score}
@@ -699,13 +721,10 @@ class Race:
         return survivors
 
     def _estimate(self, best, evaluation, held, sources) -> QualityEstimate:
+        """The winner's quality estimate; the noise variance from N-net's calibrated model when it won."""
         shared = shared_noise_of(sources, self.blind_radius)
-        winner = self.winner
-        if best == "nnet" and winner.method.options.get("calibrate", True) and winner.method.finishing \
-                and self.rows["nnet"].steps > 0:
-            variance, stderr = noise_variance_from_nnet(winner, held.crops)
-            source = "nnet"
-        else:
-            variance, stderr = noise_variance_from_data(held.crops)
-            source = "data"
-        return quality_estimate(evaluation, variance, stderr, source, shared)
+        if best == "nnet" and self.winner.method.finishing and self.rows["nnet"].steps > 0:
+            variance, stderr = noise_variance_from_nnet(self.winner, held.crops)
+            return quality_estimate(evaluation, variance, stderr, "nnet", shared)
+        variance, stderr, mse_stderr = noise_variance_from_data(held.crops, errors=evaluation.errors)
+        return quality_estimate(evaluation, variance, stderr, "data", shared, mse_stderr)
