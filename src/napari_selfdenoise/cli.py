@@ -11,10 +11,12 @@
     torchrun --nproc_per_node 4 -m napari_selfdenoise.cli train noisy.tif --out cells.sdmodel  # 4 GPUs
 
 Exit codes: 0 success; 2 a bad request or bad input (one line ``selfdenoise: error: ...`` on stderr,
-no traceback, nothing written); 130 interrupted (Ctrl-C; nothing written). Any other code means a bug.
+no traceback, nothing written); 130 interrupted (Ctrl-C; nothing written); 143 terminated (SIGTERM, from
+kill or a cluster scheduler; cleaned up like Ctrl-C). Any other code means a bug.
 
-Every input is checked before any work starts, and models and images are written atomically at the
-very end, so a failed or interrupted run leaves no partial files behind.
+Every input and output is checked before any work starts (``core.outputs.plan_output``: never over an
+input, an existing output only with --overwrite), and models and images are written atomically at the
+very end (``core.atomic``), so a failed or interrupted run leaves no partial files behind.
 
 Importing this module is light (no torch): the heavy engine is imported inside the commands.
 """
@@ -25,16 +27,22 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 from . import __version__
 from .core.errors import SelfDenoiseError
+from .core.outputs import is_zarr_path, output_folder, plan_output, same_file
 
 PROG = "selfdenoise"
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+_OVERWRITE_HELP = "replace outputs that exist (default: refuse); an input is never overwritten"
 
 # The demo: a 256x256 image, and a small network that reaches a >= 3 dB gain (about 5 dB) in
 # 400 steps, i.e. ~20-40 s on 2 CPU cores.
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, formatter_class=_HelpFormatter, description=(
         "Self-supervised denoising of microscopy images: train on your noisy images alone, then "
         "denoise them.\nStart with 'selfdenoise demo'. Exit codes: 0 ok, 2 bad input or request, "
-        "130 interrupted."))
+        "130 interrupted, 143 terminated."))
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -135,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixture", type=int, metavar="K",
                    help="nnet: noise model as a mixture of K Gaussians (1-3; 1 = a single Gaussian)")
     _add_trust_code(p)
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.set_defaults(func=cmd_train)
 
     # ---- predict
@@ -157,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
     p.add_argument("--noise-std", metavar="STD_OUTPUT",
                    help="also write the predicted noise standard deviation (models with a noise_std output)")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     big = p.add_argument_group(
         "big data (an output ending in .ome.zarr, or an input over 256 MB, is streamed block by block "
         "into the output file with bounded memory)")
@@ -183,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blind-radius", type=int, default=0, metavar="N",
                    help="also hide the pixels within N of each J pixel in the loss (0-4; 1-2 for noise shared "
                         "by neighbouring pixels: resampled, demosaiced or binned images; slower)")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.set_defaults(func=cmd_calibrate)
 
     # ---- demo
@@ -196,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps (default {DEMO_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the image, the noise and training (default 0)")
     p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
+    p.add_argument("--overwrite", action="store_true", help="replace the demo's files in an existing FOLDER")
     p.set_defaults(func=cmd_demo)
 
     # ---- info
@@ -211,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=10, help="signal bins (default 10)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     _add_trust_code(p)
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.set_defaults(func=cmd_noise)
 
     p = commands.add_parser("export", parents=[common], formatter_class=_HelpFormatter,
@@ -236,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also test the package with bioimageio.core before writing it (needs the [bmz] "
                         "extra; a few seconds)")
     _add_trust_code(p)
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("info", parents=[common], formatter_class=_HelpFormatter,
@@ -261,13 +274,16 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         return _fail("give a command: train, predict, calibrate, noise, export, demo or info "
                      "(try 'selfdenoise demo')")
+    restore_sigterm = _raise_on_sigterm()
     try:
         if args.func is not cmd_train and _under_torchrun():
             raise SelfDenoiseError("only 'selfdenoise train' runs under torchrun (several processes); "
                                    "run the other commands as one process")
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         _forget_interrupt()
+        if isinstance(err, _Terminated):
+            return _fail("terminated; nothing was written", EXIT_TERMINATED)
         return _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
     except (SelfDenoiseError, OSError) as err:  # OSError: FileNotFoundError, PermissionError, disk full...
         return _fail(_message(err))
@@ -277,6 +293,27 @@ def main(argv=None) -> int:
         if type(err).__name__ == "OutOfMemoryError":  # torch's, on a GPU
             return _fail("the device ran out of memory; use a smaller --tile/--batch-size or --device cpu")
         raise
+    finally:
+        restore_sigterm()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an exception, like Ctrl-C's KeyboardInterrupt: the same cleanup runs (temporary
+    outputs removed, a local cluster closed) before the exit."""
+
+
+def _raise_on_sigterm():
+    """Handle SIGTERM like Ctrl-C while a command runs (in the main thread: only there can Python handle
+    signals); returns the function that puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(number, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the cleanup finish
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _forget_interrupt() -> None:
@@ -365,21 +402,6 @@ def _parse_options(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
-
-
-def _check_output_file(path, what: str = "output", suffixes=None) -> Path:
-    """A file we will write at the end: its folder exists, it is not a folder (a zarr is one), its type
-    is known."""
-    path = Path(path)
-    if path.is_dir() and not _is_zarr(path):
-        raise SelfDenoiseError(f"the {what} {path} is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise SelfDenoiseError(f"cannot write {path}: the folder {path.parent} is not writable")
-    if suffixes and not path.name.lower().endswith(suffixes):
-        raise SelfDenoiseError(f"cannot write {path}: use a name ending in {', '.join(suffixes)}")
-    return path
 
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
@@ -498,7 +520,7 @@ _FIXED_BY_MODEL = ("depth", "features", "z_levels")
 def cmd_train(args) -> int:
     from .core.axes import validate_axes
 
-    out = _check_output_file(args.out, "model file")
+    out = plan_output(args.out, inputs=[*args.inputs, args.start_from], overwrite=args.overwrite, kind="model file")
     if args.axes:
         validate_axes(args.axes)
     from .core.config import TrainConfig
@@ -666,16 +688,17 @@ def cmd_predict(args) -> int:
 
     # Check every input before denoising any (files are read again below, one at a time).
     n = len(args.inputs)
-    streamed = []
+    streamed, sizes = [], []
     for path in args.inputs:
         image = _read(path, args.axes, model.config.axes, lazy=True, dask=True)
         layout = _check_input(image, Path(path).name)
         model._check_compatible(layout)
         streamed.append(_is_big(image.data))
+        sizes.append(math.prod(image.data.shape) * 4)  # float32 outputs shaped like the input
         del image
     extension = ".ome.zarr" if distributed else ".ome.tif"
-    targets = _targets(args.inputs, args.out, "_denoised", args.overwrite, extension)
-    std_targets = _targets(args.inputs, args.noise_std, "_noise_std", args.overwrite, extension) \
+    targets = _targets(args.inputs, args.out, "_denoised", args.overwrite, extension, args.model)
+    std_targets = _targets(args.inputs, args.noise_std, "_noise_std", args.overwrite, extension, args.model) \
         if args.noise_std else [None] * n
     clash = set(map(str, targets)) & set(map(str, filter(None, std_targets)))
     if clash:
@@ -686,19 +709,23 @@ def cmd_predict(args) -> int:
     for target, stream in zip(targets + std_targets, streamed + streamed):
         if target is not None and (stream or distributed) and target.name.lower().endswith(".npy"):
             raise SelfDenoiseError(f"{target}: big inputs are streamed into .ome.zarr or .ome.tif, not .npy")
+    _check_free_space(targets + std_targets, sizes + sizes)
 
     started = time.perf_counter()
-    if distributed:
-        _predict_distributed(args, model, targets, std_targets)
-    for index, (path, target, std_target) in enumerate(zip(args.inputs, targets, std_targets), start=1):
+    with ExitStack() as folders:  # output folders are made now, and removed again if they stay empty
+        for out in {t.parent for t in targets + std_targets if t is not None and not t.parent.exists()}:
+            folders.enter_context(output_folder(out))
         if distributed:
-            break
-        label = f"[{index}/{n}] {Path(path).name}" if n > 1 else Path(path).name
-        if streamed[index - 1]:
-            _predict_streamed(args, model, path, target, std_target, label)
-        else:
-            _predict_in_memory(args, model, path, target, std_target, label)
-        _say(f"{path} -> {target}" + (f" and {std_target}" if std_target is not None else ""))
+            _predict_distributed(args, model, targets, std_targets)
+        for index, (path, target, std_target) in enumerate(zip(args.inputs, targets, std_targets), start=1):
+            if distributed:
+                break
+            label = f"[{index}/{n}] {Path(path).name}" if n > 1 else Path(path).name
+            if streamed[index - 1]:
+                _predict_streamed(args, model, path, target, std_target, label)
+            else:
+                _predict_in_memory(args, model, path, target, std_target, label)
+            _say(f"{path} -> {target}" + (f" and {std_target}" if std_target is not None else ""))
     _say(f"denoised {n} image(s) with {applied} in {_duration(time.perf_counter() - started)}")
     return 0
 
@@ -709,8 +736,17 @@ def _applied_method(model) -> str:
     return f"{auto.winner}, chosen by auto" if auto is not None else model.config.method
 
 
+def _check_free_space(targets, sizes) -> None:
+    """Before predicting: OME-TIFF and .npy outputs are uncompressed, so the space they need is known."""
+    from .core.atomic import check_free_space
+
+    for target, size in zip(targets, sizes):
+        if target is not None and not _is_zarr(target):
+            check_free_space(target if target.parent.exists() else target.parent, size)
+
+
 def _is_zarr(path) -> bool:
-    return path is not None and str(path).lower().rstrip("/").endswith(".zarr")
+    return path is not None and is_zarr_path(path)
 
 
 def _is_big(data) -> bool:
@@ -778,34 +814,33 @@ def _predict_distributed(args, model, targets, std_targets) -> None:
         _say(f"{path} -> {target}" + (f" and {std_target}" if std_target is not None else ""))
 
 
-def _targets(inputs, out, suffix: str, overwrite: bool = False, extension: str = ".ome.tif") -> list[Path]:
-    """Output paths, checked up front: folder exists, no overwriting an input (or an existing output
-    without ``overwrite``), no two inputs on one file."""
+def _targets(inputs, out, suffix: str, overwrite: bool = False, extension: str = ".ome.tif",
+             model=None) -> list[Path]:
+    """Output paths, checked up front (``plan_output``: never an input or the model, an existing output
+    only with ``overwrite``), no two inputs on one file. Several inputs: a folder, made when written."""
     from .core.io import output_path_for
 
     out = Path(out)
     n = len(inputs)
+    sources = [*inputs, model]
     if n == 1 and (not out.is_dir() or _is_zarr(out)):
-        targets = [_check_output_file(output_path_for(inputs[0], out, 1), suffixes=_OUTPUT_SUFFIXES)]
-    else:
-        if out.exists() and not out.is_dir():
-            raise SelfDenoiseError(f"{out} is a file; with {n} inputs the output must be a folder")
-        if not out.exists() and not out.parent.is_dir():
-            raise SelfDenoiseError(f"cannot create the output folder {out}: {out.parent} does not exist")
-        targets = []
-        for path in inputs:
-            target = output_path_for(path, out, n, extension)  # creates the folder
-            if suffix != "_denoised":
-                target = target.with_name(target.name.replace(f"_denoised{extension}", f"{suffix}{extension}"))
-            targets.append(target)
-    seen = {}
-    for path, target in zip(inputs, targets):
-        key = str(Path(target).resolve())
+        return [plan_output(output_path_for(inputs[0], out, 1), inputs=sources, overwrite=overwrite,
+                            suffixes=_OUTPUT_SUFFIXES)]
+    if out.exists() and not out.is_dir():
+        raise SelfDenoiseError(f"{out} is a file; with {n} inputs the output must be a folder")
+    plan_output(out, inputs=sources, folder=True, kind="output folder")
+    targets, seen = [], {}
+    for path in inputs:
+        target = output_path_for(path, out, n, extension, create=False)
+        if suffix != "_denoised":
+            target = target.with_name(target.name.replace(f"_denoised{extension}", f"{suffix}{extension}"))
+        key = str(target.resolve())
         if key in seen:
             raise SelfDenoiseError(f"{seen[key]} and {path} would both be written to {target}; rename one")
         seen[key] = path
-        if Path(target).exists() and not overwrite:
-            raise SelfDenoiseError(f"{target} exists; pass --overwrite to replace it")
+        if out.is_dir():  # else nothing can be there yet
+            plan_output(target, inputs=sources, overwrite=overwrite)
+        targets.append(target)
     return targets
 
 
@@ -830,10 +865,12 @@ def cmd_calibrate(args) -> int:
     _check_input(image, Path(args.input).name)
     if not args.blind_radius:
         _hint_blind_radius(image, "--blind-radius 2")
-    target = _check_output_file(output_path_for(args.input, args.out, 1), suffixes=_IMAGE_SUFFIXES)
-    report = _check_output_file(args.report, "report") if args.report else None
-    if report is not None and report.resolve() in (target.resolve(), Path(args.input).resolve()):
-        raise SelfDenoiseError(f"the report {report} would overwrite an image; choose another name")
+    target = plan_output(output_path_for(args.input, args.out, 1), inputs=[args.input], overwrite=args.overwrite,
+                         suffixes=_IMAGE_SUFFIXES)
+    report = plan_output(args.report, inputs=[args.input], overwrite=args.overwrite, kind="report") \
+        if args.report else None
+    if report is not None and same_file(report, target):
+        raise SelfDenoiseError(f"the report {report} would overwrite the output image; choose another name")
 
     from tqdm.auto import tqdm
 
@@ -875,13 +912,10 @@ def _calibration_table(result) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}.part"
-    try:
+    from .core.atomic import atomic_write
+
+    with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------ demo
@@ -891,11 +925,10 @@ def cmd_demo(args) -> int:
     method = _check_method(args.method)
     if args.steps < 1:
         raise SelfDenoiseError("--steps must be a positive integer")
-    folder = Path(args.out)
-    if folder.exists() and not folder.is_dir():
-        raise SelfDenoiseError(f"{folder} is a file; give a folder for the demo results")
-    if not folder.exists() and not folder.parent.is_dir():
-        raise SelfDenoiseError(f"cannot create {folder}: the folder {folder.parent} does not exist")
+    folder = plan_output(args.out, folder=True, kind="demo results")
+    if folder.is_dir():
+        for name in ("noisy.ome.tif", "denoised.ome.tif", "clean.ome.tif", "model.sdmodel"):
+            plan_output(folder / name, overwrite=args.overwrite)
     device = _check_device(args.device)
 
     from .core.denoiser import Denoiser
@@ -919,10 +952,14 @@ def cmd_demo(args) -> int:
         progress.close()
 
     before, after = psnr(clean, noisy), psnr(clean, denoised)
-    folder.mkdir(exist_ok=True)
-    for name, data in (("noisy", noisy), ("denoised", denoised), ("clean", clean)):
-        write_image(folder / f"{name}.ome.tif", data, "YX")
-    model.save(folder / "model.sdmodel")
+    from .core.atomic import atomic_write
+
+    # A new folder appears only with all four files in it (a full disk leaves no empty folder).
+    with nullcontext(folder) if folder.is_dir() else atomic_write(folder, overwrite=False) as where:
+        where.mkdir(exist_ok=True)
+        for name, data in (("noisy", noisy), ("denoised", denoised), ("clean", clean)):
+            write_image(where / f"{name}.ome.tif", data, "YX")
+        model.save(where / "model.sdmodel")
     _say("")
     _say(f"  input  PSNR  {before:6.2f} dB   noisy.ome.tif")
     _say(f"  output PSNR  {after:6.2f} dB   denoised.ome.tif")
@@ -943,7 +980,7 @@ def cmd_noise(args) -> int:
     from .core.denoiser import Denoiser
     from .core.noise import noise_curve
 
-    out = _check_output_file(args.out, "curve file")
+    out = plan_output(args.out, inputs=[args.model, args.input], overwrite=args.overwrite, kind="curve file")
     if args.bins < 1:
         raise SelfDenoiseError("--bins must be a positive integer")
     model = Denoiser.load(args.model, trust_code=args.trust_code)
@@ -956,12 +993,10 @@ def cmd_noise(args) -> int:
     finally:
         progress.close()
     curve = noise_curve(image.data, outputs["denoised"], outputs.get("noise_std"), bins=args.bins)
-    tmp = out.with_name(f".{out.name}.part")
-    try:
+    from .core.atomic import atomic_write
+
+    with atomic_write(out) as tmp:
         curve.write_csv(tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     _say(f"noise curve ({len(curve.signal)} bins) written to {out}")
     return 0
 
@@ -975,10 +1010,10 @@ def _z_pooling(arch: dict) -> str:
 
 
 def cmd_export(args) -> int:
-    from .core.bmz import _check_target, export_bmz
+    from .core.bmz import export_bmz
 
-    target = Path(args.bmz)
-    _check_target(target)
+    target = plan_output(args.bmz, inputs=[args.model, args.input], overwrite=args.overwrite,
+                         kind="bioimage.io package", suffixes=(".zip",))
     if args.validate:
         _bioimageio_core()  # before any work: the extra may be missing
     model = _load_ours(args.model, args.trust_code, "exported")
@@ -989,21 +1024,11 @@ def cmd_export(args) -> int:
         read = _read(args.input, args.axes, model.config.axes)
         _check_input(read, Path(args.input).name)
         image = (read.data, read.axes)
-    if target.exists() and Path(args.model).resolve() == target.resolve():
-        raise SelfDenoiseError(f"--bmz {target} would overwrite the model itself; choose another name")
     started = time.perf_counter()
-    # Written under a hidden name first (and tested there with --validate): a failure leaves no package.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.export.zip")
-    try:
-        export_bmz(model, tmp, name=args.name, description=args.description, authors=args.author,
-                   license=args.license, tags=args.tag, image=image[0] if image else None,
-                   axes=image[1] if image else None)
-        if args.validate:
-            _say("testing the package with bioimageio.core ...")
-            _validate_package(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Written under a hidden name first and tested there with --validate: a failure leaves no package.
+    export_bmz(model, target, name=args.name, description=args.description, authors=args.author,
+               license=args.license, tags=args.tag, image=image[0] if image else None,
+               axes=image[1] if image else None, check=_validate_package if args.validate else None)
     size = target.stat().st_size / 1024**2
     _say(f"exported {model.config.method} ({model.config.axes}) to {target} ({size:.1f} MB, bioimage.io "
          f"model spec 0.5) in {_duration(time.perf_counter() - started)}"
@@ -1020,6 +1045,7 @@ def _bioimageio_core():
 
 
 def _validate_package(path) -> None:
+    _say("testing the package with bioimageio.core ...")
     core = _bioimageio_core()
     summary = core.test_model(str(path))
     if summary.status != "passed":

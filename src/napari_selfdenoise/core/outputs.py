@@ -8,6 +8,8 @@ several inputs) is created only when something is written into it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import SelfDenoiseError
@@ -39,6 +41,21 @@ def plan_output(path, *, inputs=(), overwrite: bool = False, kind: str = "output
     if path.exists() and not overwrite:
         raise SelfDenoiseError(f"{path} exists; pass --overwrite to replace it")
     return path
+
+
+@contextmanager
+def output_folder(folder) -> Iterator[Path]:
+    """Make a planned folder of outputs for the block that writes them; if the block fails before any
+    output is in it, remove it again (outputs already finished in it stay: each is complete)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 def same_file(a, b) -> bool:

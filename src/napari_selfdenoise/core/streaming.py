@@ -160,11 +160,12 @@ class ZarrSink:
     def create(cls, path: Path, axes: str, shape, chunks, scale, units) -> "ZarrSink":
         import zarr
 
-        group = zarr.open_group(str(path), mode="w-", zarr_format=2)
-        group.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype="float32", fill_value=0.0,
-                           chunk_key_encoding={"name": "v2", "separator": "/"})
-        group.attrs["multiscales"] = [_ome_multiscales(axes, scale or {}, units or {})]
-        group.attrs["selfdenoise"] = {"axes": axes}
+        with interrupts_deferred():  # zarr writes in its own thread (see ``write``)
+            group = zarr.open_group(str(path), mode="w-", zarr_format=2)
+            group.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype="float32", fill_value=0.0,
+                               chunk_key_encoding={"name": "v2", "separator": "/"})
+            group.attrs["multiscales"] = [_ome_multiscales(axes, scale or {}, units or {})]
+            group.attrs["selfdenoise"] = {"axes": axes}
         return cls(str(path), axes, shape, chunks)
 
     def __getstate__(self):  # sent to dask workers: paths only
