@@ -159,6 +159,32 @@ def test_median_replacement_equals_numpy_median():
     np.testing.assert_array_equal(out[~mask.numpy()[:, None]], x[~mask.numpy()[:, None]])
 
 
+def test_visible_only_median_leaves_out_the_other_masked_pixels():
+    """Dense masks (n2v2's 1 in 16): the replacement is the median of the window's unmasked pixels, so no
+    masked pixel's own value reaches another one's replacement; unmasked pixels stay as they are."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.normal(size=(4, 2, 24, 24)).astype(np.float32))
+    mask = stratified_mask((4, 24, 24), 1 / 16, _gen(5))
+    out = replace_with_neighbour_median(x, mask, radius=2, visible_only=True)
+    m = mask.numpy()
+    checked = crowded = 0
+    for sample, y, xx in zip(*np.nonzero(m)):
+        if not (2 <= y < 22 and 2 <= xx < 22):
+            continue
+        hidden = m[sample, y - 2 : y + 3, xx - 2 : xx + 3].ravel().copy()
+        crowded += int(hidden.sum() > 1)
+        hidden[12] = True
+        for c in range(2):
+            window = x[sample, c, y - 2 : y + 3, xx - 2 : xx + 3].numpy().ravel()
+            assert float(out[sample, c, y, xx]) == pytest.approx(float(np.median(window[~hidden])), abs=1e-6)
+        checked += 1
+    assert checked >= 50 and crowded >= 10  # the case that matters: other masked pixels in the window
+    np.testing.assert_array_equal(out.numpy()[~m[:, None].repeat(2, 1)], x.numpy()[~m[:, None].repeat(2, 1)])
+    # No leak: changing every masked pixel's value changes no replacement.
+    changed = torch.where(mask[:, None], x + 1000.0, x)
+    torch.testing.assert_close(replace_with_neighbour_median(changed, mask, radius=2, visible_only=True), out)
+
+
 @pytest.mark.parametrize("spatial", [(12, 12), (5, 8, 8)])
 def test_median_replacement_ignores_the_pixel_itself(spatial):
     """Everywhere, borders included: a masked pixel's own value never reaches its replacement."""

@@ -458,3 +458,83 @@ def test_nnet_options_are_checked_and_calibrate_false_has_no_finishing_step():
             get_method("nnet", bad)
     assert get_method("nnet").finishing == "calibrating the noise model"
     assert get_method("nnet", {"calibrate": False}).finishing is None
+
+
+# ------------------------------------------------------------------ N-net posterior (MMSE) inference
+
+
+class _FixedNoise(torch.nn.Module):
+    """A noise head with a known answer: one Gaussian of std ``a + b * signal`` (b = 0: constant)."""
+
+    def __init__(self, a, b=0.0):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, signal):
+        ones = torch.ones_like(signal).unsqueeze(2)
+        return ones, 0 * ones, (self.a + self.b * signal.clamp_min(0)).unsqueeze(2)
+
+
+def _prior_and_observation(seed=0, shape=(2, 1, 16, 16)):
+    g = _gen(seed)
+    prior = torch.rand(shape, generator=g)
+    variance = 0.001 + 0.2 * torch.rand(shape, generator=g)
+    observed = prior + 0.6 * torch.randn(shape, generator=g)  # some pixels far from their prior
+    return prior, variance, observed
+
+
+def test_posterior_mean_equals_the_closed_form_for_gaussian_noise():
+    """Gaussian prior N(mu, s^2), Gaussian noise of constant std sigma: E[x | y] = (mu sigma^2 + y s^2) /
+    (sigma^2 + s^2). The grid integral must give it, also for pixels many prior stds from their prior."""
+    from napari_selfdenoise.core.methods.nnet import posterior_mean
+
+    sigma = 0.3
+    prior, variance, observed = _prior_and_observation()
+    got = posterior_mean(observed, prior, variance, _FixedNoise(sigma))
+    expected = (prior * sigma**2 + observed * variance) / (sigma**2 + variance)
+    assert ((observed - prior).abs() > 4 * variance.sqrt()).any()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_posterior_mean_matches_a_dense_integral_for_signal_dependent_noise():
+    """Noise std a + b x (a Poisson-like curve), skewing the posterior: no closed form; the grid matches a
+    20 001-point integral over the prior's whole range."""
+    from napari_selfdenoise.core.methods.nnet import posterior_mean
+
+    head = _FixedNoise(0.05, 0.4)
+    prior, variance, _ = _prior_and_observation(1)
+    g = _gen(2)  # signal drawn from the prior, observation from the noise model around it
+    signal = prior + variance.sqrt() * torch.randn(prior.shape, generator=g)
+    observed = signal + (0.05 + 0.4 * signal.clamp_min(0)) * torch.randn(prior.shape, generator=g)
+    got = posterior_mean(observed, prior, variance, head).double()
+    mu, v, y = (t.double().reshape(-1, 1) for t in (prior, variance, observed))
+    x = mu + v.sqrt() * torch.linspace(-8, 8, 20001, dtype=torch.float64)  # (pixels, points)
+    std = 0.05 + 0.4 * x.clamp_min(0)
+    log_w = -0.5 * (x - mu) ** 2 / v - torch.log(std) - 0.5 * ((y - x) / std) ** 2
+    w = torch.softmax(log_w, dim=1)
+    expected = (w * x).sum(dim=1).reshape(got.shape)
+    plain_gaussian = (prior * 0.05**2 + observed * variance) / (0.05**2 + variance)
+    assert (plain_gaussian.double() - expected).abs().max() > 0.02  # the noise's signal dependence matters
+    error = (got - expected).abs()
+    assert float(error.mean()) < 1e-3 and bool((error < 0.05 * variance.sqrt() + 1e-3).all()), \
+        (float(error.mean()), float(error.max()))
+
+
+def test_posterior_is_the_default_and_old_model_files_keep_their_plain_prediction(tmp_path):
+    """New N-net models predict with the posterior (option ``posterior``, stored in the file); files made
+    before the option existed do not list it and keep predicting with the network alone."""
+    from pathlib import Path
+
+    assert get_method("nnet").options["posterior"] is True
+    image = add_noise(fluorescence_image((48, 48), seed=3), "gaussian", sigma=0.1, seed=4)
+    model = Denoiser("nnet", "YX", patch=16, batch=2, features=8, depth=1, steps=3,
+                     method_options={"noise_features": 8, "calibrate": False}).fit(image)
+    assert model.config.method_options["posterior"] is True
+    loaded = Denoiser.load(model.save(tmp_path / "m.sdmodel"))
+    assert loaded.method.options["posterior"] is True
+    np.testing.assert_allclose(loaded.predict(image), model.predict(image), atol=1e-6)
+    off = Denoiser("nnet", "YX", patch=16, batch=2, features=8, depth=1, steps=3,
+                   method_options={"noise_features": 8, "calibrate": False, "posterior": False}).fit(image)
+    assert not np.allclose(off.predict(image), model.predict(image))  # same seed, same weights
+    old = Denoiser.load(Path(__file__).resolve().parents[1] / "data" / "compat-0.1.0-nnet.sdmodel")
+    assert old.method.options["posterior"] is False

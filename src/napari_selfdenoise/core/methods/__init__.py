@@ -36,3 +36,9 @@ def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
         hint = " (use the calibrate command / classic baseline)" if name == CLASSIC else ""
         raise SelfDenoiseError(f"unknown method {name!r}{hint}; choose one of: {choices}")
     return METHODS[name](options)
+
+
+def options_from_file(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A model file's method options, with ``Method.legacy_defaults`` for the options it does not list."""
+    cls = METHODS.get(name)
+    return {**(cls.legacy_defaults if cls else {}), **options}

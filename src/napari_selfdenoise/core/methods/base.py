@@ -31,6 +31,10 @@ class Method:
     finishing: ClassVar[str | None] = None
     # Option name -> default value; user options are checked against these names.
     defaults: ClassVar[dict[str, Any]] = {}
+    # Option -> the value a model file that does not list the option was made with. Model files list every
+    # option since these were introduced (before, only the options the user set), so a missing option means
+    # the file predates the option or a change of its default; it keeps its old behaviour.
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: dict[str, Any] | None = None):
         options = dict(options or {})

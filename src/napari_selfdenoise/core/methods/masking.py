@@ -104,15 +104,17 @@ def _mirror(coords: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor) ->
 
 
 def _gather_neighbours(x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor):
-    """Values of each masked pixel's neighbours at ``offsets``: (n_masked, C, n_offsets), mirrored at borders."""
+    """Values of each masked pixel's neighbours at ``offsets``: (n_masked, C, n_offsets), mirrored at borders,
+    and whether each neighbour is masked too: (n_masked, n_offsets)."""
     index = mask.nonzero()  # (n, 1 + dims)
     b, coords = index[:, 0], index[:, 1:]
     sizes = torch.tensor(mask.shape[1:], device=x.device)
     neighbours = _mirror(coords[:, None, :], offsets.to(x.device)[None], sizes)  # (n, k, dims)
     k = offsets.shape[0]
-    values = x[(b[:, None].expand(-1, k), slice(None), *neighbours.unbind(-1))]
+    at = (b[:, None].expand(-1, k), *neighbours.unbind(-1))
+    values = x[(at[0], slice(None), *at[1:])]
     # Advanced indices first, then the channel slice: (n, k, C) -> (n, C, k).
-    return index, values.permute(0, 2, 1)
+    return index, values.permute(0, 2, 1), mask[at]
 
 
 def replace_with_random_neighbour(x, mask, gen: torch.Generator, radius: int = 2) -> torch.Tensor:
@@ -129,16 +131,29 @@ def replace_with_random_neighbour(x, mask, gen: torch.Generator, radius: int = 2
     return out
 
 
-def replace_with_neighbour_median(x, mask, radius: int = 2) -> torch.Tensor:
-    """N2V2: each masked pixel takes the median of its (2r+1)^d window without itself."""
-    index, values = _gather_neighbours(x, mask, _neighbour_offsets(x.dim() - 2, radius))
+def replace_with_neighbour_median(x, mask, radius: int = 2, visible_only: bool = False) -> torch.Tensor:
+    """N2V2: each masked pixel takes the median of its (2r+1)^d window without itself.
+
+    ``visible_only``: without the other masked pixels of the window too. With dense masks a neighbour's
+    replacement would otherwise be a median that holds the pixel's own noisy value, which lets the network
+    learn a little of the identity; a pixel whose neighbours are all masked takes the median of them all.
+    """
+    index, values, hidden = _gather_neighbours(x, mask, _neighbour_offsets(x.dim() - 2, radius))
     b, coords = index[:, 0], index[:, 1:]
     out = x.clone()
+    k = values.shape[-1]
+    if visible_only:
+        hidden = hidden & ~hidden.all(dim=-1, keepdim=True)
+        # Hidden neighbours sort last (+inf); the median is taken over the visible count.
+        values = values.masked_fill(hidden[:, None], float("inf"))
+        count = (k - hidden.sum(dim=-1))[:, None, None].expand(-1, values.shape[1], 1)
+    else:
+        count = torch.full((values.shape[0], values.shape[1], 1), k, device=x.device)
     # The true median (mean of the two middle values for an even count, like numpy); torch's
     # ``median`` would return the lower one.
     ordered = values.sort(dim=-1).values
-    k = ordered.shape[-1]
-    out[(b, slice(None), *coords.unbind(-1))] = (ordered[..., (k - 1) // 2] + ordered[..., k // 2]) / 2
+    middle = ordered.gather(-1, (count - 1) // 2) + ordered.gather(-1, count // 2)
+    out[(b, slice(None), *coords.unbind(-1))] = (middle[..., 0] / 2).to(x.dtype)
     return out
 
 

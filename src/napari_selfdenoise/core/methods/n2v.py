@@ -33,6 +33,11 @@ class Noise2Void2(Noise2Void):
     paper = ("Hoeck, Buchholz, Jug et al., N2V2 - Fixing Noise2Void Checkerboard Artifacts with "
              "Modified Sampling Strategies and a Tweaked Network Architecture, ECCV Workshops 2022")
     n2v2_network = True
+    # Denser blind spots than N2V's 0.2 %: 1 pixel in 16 gives 30x more loss pixels per step, which is what
+    # short budgets lack (issue 15: +1.9 dB after 300 steps on a natural image at 0.2 %). The replacement
+    # median leaves out the other masked pixels, so the density does not leak the hidden values.
+    defaults = {**Noise2Void.defaults, "mask_fraction": 0.0625}
+    legacy_defaults = {"mask_fraction": 0.002}
 
     def _replace(self, batch, mask, gen):
-        return replace_with_neighbour_median(batch, mask, int(self.options["radius"]))
+        return replace_with_neighbour_median(batch, mask, int(self.options["radius"]), visible_only=True)

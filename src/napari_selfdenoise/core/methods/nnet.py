@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..blind_radius import grid_spacing
 from ..errors import SelfDenoiseError
@@ -40,7 +41,9 @@ class NoiseModelNet(Method):
     outputs = ("denoised", "noise_std")
     finishing = "calibrating the noise model"
     defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32, "noise_lr": 10.0,
-                "structure": False, "calibrate": True, "blind_radius": 0}
+                "structure": False, "calibrate": True, "blind_radius": 0, "posterior": True}
+    # Model files from before ``posterior`` existed predicted with the network alone: they keep doing so.
+    legacy_defaults = {"posterior": False}
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -80,6 +83,11 @@ class NoiseModelNet(Method):
 
     def predict(self, net, x):
         signal, params = net(x)
+        if self.options["posterior"]:
+            net = getattr(net, "module", net)
+            prior = invariant_signal(net, x, grid_spacing(POSTERIOR_SPACING, self.options["blind_radius"]),
+                                     self.options["blind_radius"])
+            signal = posterior_mean(x, prior, prior_variance(x, prior, net.noise), net.noise)
         return torch.cat([signal, mixture_std(*params)], dim=1)
 
     def denormalize_output(self, name, values, normalization):
@@ -98,15 +106,87 @@ def direct_neighbour_mean(x: torch.Tensor) -> torch.Tensor:
     return donut_mean(x, diagonals=False)
 
 
-def mixture_nll(observed, signal, params, mask) -> torch.Tensor:
-    """Mean negative log-likelihood of ``observed`` at masked pixels under the predicted mixture."""
+def mixture_log_density(observed, signal, params) -> torch.Tensor:
+    """log p(observed | signal) per pixel and channel, (B, C, ...), under the predicted mixture."""
     weights, offsets, sigmas = (p.float() for p in params)
     residual = (observed.float() - signal.float()).unsqueeze(2) - offsets  # (B, C, K, ...)
     log_components = (torch.log(weights.clamp_min(1e-12)) - torch.log(sigmas)
                       - 0.5 * math.log(2 * math.pi) - 0.5 * (residual / sigmas) ** 2)
-    nll = -torch.logsumexp(log_components, dim=2)  # (B, C, ...)
+    return torch.logsumexp(log_components, dim=2)
+
+
+def mixture_nll(observed, signal, params, mask) -> torch.Tensor:
+    """Mean negative log-likelihood of ``observed`` at masked pixels under the predicted mixture."""
+    nll = -mixture_log_density(observed, signal, params)
     weights_mask = mask[:, None].to(nll.dtype).expand_as(nll)
     return (nll * weights_mask).sum() / weights_mask.sum().clamp_min(1)
+
+
+POSTERIOR_SPACING = 3  # blind-spot grid of the posterior's J-invariant passes: 3^d passes
+POSTERIOR_POINTS = 40  # signal values per pixel the posterior integral is evaluated at ...
+POSTERIOR_SPAN = 6.0  # ... spanning this many stds either side of the posterior (see posterior_mean)
+PRIOR_WINDOW = 15  # the prior's variance: residuals averaged over this Y-X window ...
+PRIOR_BINS = 16  # ... and over the pixels of the same signal level (quantile bins of the tile)
+
+
+def invariant_signal(net, x, spacing: int, radius: int) -> torch.Tensor:
+    """D-net's J-invariant prediction: every pixel predicted with itself hidden, as in training (one pass
+    per phase of a ``spacing`` grid). It does not depend on the pixel's own noisy value, so that value
+    can be weighed against it as independent evidence (``posterior_mean``)."""
+    dims = x.dim() - 2
+    out = torch.zeros_like(x)
+    for phase in torch.cartesian_prod(*[torch.arange(spacing)] * dims).reshape(-1, dims).tolist():
+        mask = phase_grid_mask(x, phase, spacing)
+        out = torch.where(mask[:, None], blind_spot_signal(net, x, [mask], radius)[0], out)
+    return out
+
+
+def _local_mean(t: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over a ``window`` x ``window`` Y-X neighbourhood (reflect padding; Z planes separate)."""
+    pad = window // 2
+    flat = t.reshape(-1, 1, *t.shape[-2:])
+    mode = "reflect" if min(t.shape[-2:]) > pad else "replicate"
+    mean = F.avg_pool2d(F.pad(flat, (pad,) * 4, mode=mode), window, stride=1)
+    return mean.reshape(t.shape)
+
+
+def prior_variance(observed, prior, head, window: int = PRIOR_WINDOW, bins: int = PRIOR_BINS) -> torch.Tensor:
+    """The blind-spot prediction's error variance s^2 per pixel. The observation minus a J-invariant
+    prediction is that error plus independent noise, so E[(y - mu)^2] - noise variance = s^2. One pixel's
+    residual is far too noisy an estimate; the mean over its Y-X ``window`` follows edges but is still
+    noisy, the mean over its signal level (``bins`` quantile bins) is steady but blind to edges: their
+    average did best (synthetic Gaussian and Poisson-Gaussian noise). Floored at 1 % of the noise variance."""
+    noise_variance = mixture_std(*head(prior)) ** 2
+    excess = (observed - prior) ** 2 - noise_variance
+    local = _local_mean(excess, window).clamp_min(0)
+    level = mean_by_level(excess, prior, bins).clamp_min(0)
+    return (local + level) / 2 + 0.01 * noise_variance
+
+
+def posterior_mean(observed, prior, variance, head, points: int = POSTERIOR_POINTS,
+                   span: float = POSTERIOR_SPAN) -> torch.Tensor:
+    """E[x | y]: a Gaussian prior N(``prior``, ``variance``) on the signal x times the learned likelihood
+    p(y | x) (the noise head's mixture, whose shape depends on x), integrated per pixel over ``points``
+    signal values. They span +- ``span`` stds of the posterior that Gaussian noise would give (closed form),
+    with the head's larger std of the two at the prior mean and at the observation (signal-dependent noise),
+    so a pixel far from its prior is not cut off at a grid's edge. One point at a time with a running
+    log-sum: memory stays that of a few images."""
+    noise_variance = torch.maximum(mixture_std(*head(prior)), mixture_std(*head(observed))) ** 2
+    gain = variance / (variance + noise_variance)
+    centre = prior + gain * (observed - prior)
+    step = 2 * span * torch.sqrt(gain * noise_variance) / (points - 1)
+    top = total = weighted = None
+    for k in range(points):
+        signal = centre + step * (k - (points - 1) / 2)
+        log_weight = (mixture_log_density(observed, signal, head(signal))
+                      - 0.5 * (signal - prior) ** 2 / variance)
+        if top is None:
+            top, total, weighted = log_weight, torch.ones_like(log_weight), signal.float()
+            continue
+        new_top = torch.maximum(top, log_weight)
+        old, now = torch.exp(top - new_top), torch.exp(log_weight - new_top)
+        total, weighted, top = total * old + now, weighted * old + now * signal, new_top
+    return (weighted / total).to(prior.dtype)
 
 
 CALIBRATION_SPACING = 4  # blind-spot grid of the calibration passes (training draws 3-5)
