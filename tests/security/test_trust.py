@@ -31,7 +31,7 @@ from napari_selfdenoise.core import bmz, sandbox
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import ModelFileError, SelfDenoiseError, UntrustedCodeError
 from napari_selfdenoise.core.safetorch import check_pickle_depth, check_torchscript
-from napari_selfdenoise.core.sandbox import TorchScriptProcess
+from napari_selfdenoise.core.sandbox import ModelProcess
 
 GiB = 1024**3
 
@@ -378,25 +378,25 @@ def test_a_foreign_package_may_omit_sha256_but_not_lie(tmp_path, foreign_package
 def test_a_crash_while_loading_is_one_error_and_the_parent_goes_on():
     """200k nested lists really segfault torch.jit.load (here in the child, unchecked on purpose)."""
     with pytest.raises(ModelFileError, match=r"crashed \(signal 11, SIGSEGV\) while loading it") as info:
-        TorchScriptProcess(nested_lists(), "nested.pt")
+        ModelProcess(nested_lists(), "nested.pt")
     assert "\n" not in str(info.value)
-    with TorchScriptProcess(scripted(Doubler()), "ok.pt") as child:  # the parent is fine
+    with ModelProcess(scripted(Doubler()), "ok.pt") as child:  # the parent is fine
         np.testing.assert_array_equal(child.run(np.ones((1, 1, 8, 8), np.float32)), 3 * np.ones((1, 1, 8, 8)))
 
 
 def test_a_crash_while_predicting_is_one_error(tmp_path, foreign_package, monkeypatch, image):
     model = Denoiser.load(foreign_package(tmp_path / "doubler.zip", scripted(Doubler())), trust_code=True)
-    run = TorchScriptProcess.run
+    run = ModelProcess.run
 
     def crash_first(self, tile):
         os.kill(self.pid, signal.SIGSEGV)
         self._process.wait()
         return run(self, tile)
 
-    monkeypatch.setattr(TorchScriptProcess, "run", crash_first)
+    monkeypatch.setattr(ModelProcess, "run", crash_first)
     with pytest.raises(ModelFileError, match=r"crashed \(signal 11, SIGSEGV\) while running it"):
         model.predict(image[1])
-    monkeypatch.setattr(TorchScriptProcess, "run", run)
+    monkeypatch.setattr(ModelProcess, "run", run)
     np.testing.assert_allclose(model.predict(image[1]), image[1] * 2 + 1, atol=1e-6)
 
 
@@ -442,8 +442,8 @@ def test_the_child_does_not_outlive_its_parent(how, tmp_path):
     weights = tmp_path / "doubler.pt"
     weights.write_bytes(scripted(Doubler()))
     script = ("import os, signal, sys\n"
-              "from napari_selfdenoise.core.sandbox import TorchScriptProcess\n"
-              "child = TorchScriptProcess(open(sys.argv[1], 'rb').read(), 'doubler')\n"
+              "from napari_selfdenoise.core.sandbox import ModelProcess\n"
+              "child = ModelProcess(open(sys.argv[1], 'rb').read(), 'doubler')\n"
               "print(child.pid, flush=True)\n"
               + ("os._exit(0)\n" if how == "exits" else "os.kill(os.getpid(), signal.SIGKILL)\n"))
     parent = subprocess.run([sys.executable, "-c", script, str(weights)], capture_output=True, text=True,
@@ -472,3 +472,74 @@ def test_only_the_child_process_loads_torchscript():
         code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings may name them
         for loader in loaders:
             assert loader not in code, f"{path.name} calls {loader}: TorchScript must load in the child only"
+
+
+# ---------------------------------------------------------------- 5. ONNX: runs without trust, if safe
+
+
+def onnx_model(secret_location: str | None = None, domain: str = "") -> bytes:
+    """x * 2 + 1 as an ONNX graph; ``secret_location`` makes the constant 2 an external-data tensor read
+    from that path; ``domain`` puts the Mul in another operator domain."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    two = numpy_helper.from_array(np.array([2.0], np.float32), "two")
+    if secret_location is not None:
+        two.ClearField("raw_data")
+        two.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", secret_location), ("offset", "0"), ("length", "4")):
+            entry = two.external_data.add()
+            entry.key, entry.value = key, value
+    one = numpy_helper.from_array(np.array([1.0], np.float32), "one")
+    dims = ["b", "c", "y", "x"]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["t"], domain=domain), helper.make_node("Add", ["t", "one"], ["y"])],
+        "doubler", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)], [two, one])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_the_onnx_external_data_attack_is_live(tmp_path):
+    """What check_onnx prevents: onnxruntime reads the external file into the model."""
+    ort = pytest.importorskip("onnxruntime")
+    (tmp_path / "secret.bin").write_bytes(np.array([7.0], np.float32).tobytes())
+    (tmp_path / "model.onnx").write_bytes(onnx_model("secret.bin"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.ones((1, 1, 2, 2), np.float32)})[0]
+    assert np.all(out == 8.0)  # 1 * 7 + 1: the secret's bytes are in the output
+
+
+def test_an_onnx_package_runs_without_trust_in_the_child(tmp_path, image, run_cli, foreign_package):
+    pytest.importorskip("onnxruntime")
+    package = foreign_package(tmp_path / "onnx.zip", onnx_model(), source="model.onnx", kind="onnx")
+    model = Denoiser.load(package)  # no trust needed: standard operators, weights inside
+    assert model.network is None  # runs in the child process
+    np.testing.assert_allclose(model.predict(image[1], tile=16), image[1] * 2 + 1, atol=1e-6)
+    out = tmp_path / "onnx.npy"
+    result = run_cli("predict", package, image[0], "--out", out)
+    assert result.rc == 0, result.stderr
+    np.testing.assert_allclose(np.load(out), image[1] * 2 + 1, atol=1e-6)
+    info = run_cli("info", package)
+    assert info.rc == 0 and "ONNX" in info.stdout, info.stdout
+
+
+@pytest.mark.parametrize("attack, message", [
+    ("absolute external data", r"external file.*refusing"),
+    ("relative external data", r"external file.*refusing"),
+    ("custom operator domain", r"not a standard ONNX domain"),
+])
+def test_unsafe_onnx_is_refused(attack, message, tmp_path, image, run_cli, one_line_error, foreign_package):
+    pytest.importorskip("onnxruntime")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.array([7.0], np.float32).tobytes())
+    weights = {"absolute external data": lambda: onnx_model(str(secret)),
+               "relative external data": lambda: onnx_model("../secret.bin"),
+               "custom operator domain": lambda: onnx_model(domain="com.microsoft")}[attack]()
+    package = foreign_package(tmp_path / "bad-onnx.zip", weights, source="model.onnx", kind="onnx")
+    with pytest.raises(ModelFileError, match=message):
+        Denoiser.load(package, trust_code=True)  # not even trust runs it
+    one_line_error(run_cli("predict", package, image[0], "--out", tmp_path / "o.npy"), message)
+    assert not (tmp_path / "o.npy").exists()

@@ -729,7 +729,7 @@ class ForeignModel:
         self.preprocessing = self._steps(self.input.get("preprocessing"), where, "pre")
         self.postprocessing = self._steps(self.output.get("postprocessing"), where, "post")
         self.authors = _author_names(rdf.get("authors"))
-        self._torchscript: tuple[bytes, str] | None = None  # (archive, name) for the child process
+        self._child_weights: tuple[bytes, str, str] | None = None  # (bytes, name, kind) for the child process
         self.weights_note = ""
         self.network = self._load_weights(package, rdf.get("weights"), where, trust_code, describe_untrusted)
         spatial = [a.letter for a in self.in_axes if a.letter in "ZYX"]
@@ -792,9 +792,10 @@ class ForeignModel:
         return parsed
 
     def _load_weights(self, package, weights, where, trust_code: bool, describe_untrusted: bool):
-        """The network as data when the package has our architecture's state dict (no trust needed);
-        else its TorchScript, kept as bytes for the child process, only when trusted. Returns the
-        in-process network, or None for TorchScript (run by ``core.sandbox``)."""
+        """The network as data when the package has our architecture's state dict (no trust needed); else
+        its ONNX model (checked, no trust needed) or its TorchScript (only when trusted), kept as bytes for
+        the child process. Returns the in-process network, or None (run by ``core.sandbox``)."""
+        from .safeonnx import check_onnx, onnx_available
         from .safetorch import check_torchscript, read_state_dict
 
         if not isinstance(weights, dict) or not weights:
@@ -821,7 +822,19 @@ class ForeignModel:
                                          f"architecture ({str(err).splitlines()[0]})") from err
                 self.weights_note = f"pytorch_state_dict of napari-selfdenoise's {callable_} (data, no code)"
                 return network.eval()
-        if isinstance(weights.get("torchscript"), dict):
+        has_torchscript = isinstance(weights.get("torchscript"), dict)
+        if isinstance(weights.get("onnx"), dict) and (onnx_available() or not has_torchscript):
+            entry = weights["onnx"]
+            data = package.read(entry.get("source"), "onnx weights", entry.get("sha256"))
+            name = f"{package.path} ({entry.get('source')})"
+            check_onnx(data, name)
+            if not onnx_available():
+                raise SelfDenoiseError(f"{name}: running ONNX weights needs onnxruntime: "
+                                       'pip install "napari-selfdenoise[onnx]"')
+            self._child_weights = (data, name, "onnx")
+            self.weights_note = "ONNX (no external data, standard operators), run by onnxruntime in a separate process"
+            return None
+        if has_torchscript:
             entry = weights["torchscript"]
             data = package.read(entry.get("source"), "torchscript weights", entry.get("sha256"))
             if not trust_code:
@@ -835,14 +848,14 @@ class ForeignModel:
                 return None
             name = f"{package.path} ({entry.get('source')})"
             check_torchscript(data, name)
-            self._torchscript = (data, name)
+            self._child_weights = (data, name, "torchscript")
             self.weights_note = "TorchScript (code, trusted), run in a separate memory-bounded process"
             return None
         formats = ", ".join(sorted(weights)) or "none"
-        raise ModelFileError(f"{package.path} has {formats} weights; napari-selfdenoise runs TorchScript weights "
-                             "(and pytorch_state_dict weights of its own networks only: it never imports code "
-                             "named by a package). Convert the model to TorchScript with bioimageio.core, or use "
-                             "another bioimage.io consumer")
+        raise ModelFileError(f"{package.path} has {formats} weights; napari-selfdenoise runs ONNX and TorchScript "
+                             "weights (and pytorch_state_dict weights of its own networks only: it never imports "
+                             "code named by a package). Convert the model with bioimageio.core, or use another "
+                             "bioimage.io consumer")
 
     # ------------------------------------------------------------------ checking
     def check_axes(self, shape, axes: str | None = None) -> None:
@@ -1007,12 +1020,13 @@ class ForeignModel:
 
     @contextlib.contextmanager
     def _runner(self, device):
-        """A function tile -> first output (float32), for the length of one prediction: TorchScript in a
-        child process (``core.sandbox``, ended when the prediction ends), our networks in this one."""
-        if self._torchscript is not None:
-            from .sandbox import TorchScriptProcess
+        """A function tile -> first output (float32), for the length of one prediction: ONNX and TorchScript
+        in a child process (``core.sandbox``, ended when the prediction ends), our networks in this one."""
+        if self._child_weights is not None:
+            from .sandbox import ModelProcess
 
-            with TorchScriptProcess(*self._torchscript, device=str(device)) as child:
+            data, name, kind = self._child_weights
+            with ModelProcess(data, name, device=str(device), kind=kind) as child:
                 yield child.run
             return
         if self.network is None:

@@ -1,9 +1,10 @@
-"""Trusted TorchScript runs here: in a child process, never in the napari or CLI process.
+"""Trusted TorchScript (and ONNX) runs here: in a child process, never in the napari or CLI process.
 
 A foreign bioimage.io package's TorchScript weights are a program: ``torch.jit.load`` runs the module's
 scripted ``__setstate__``, prediction runs its ``forward``, and either can create, read or write files
 (``torch.from_file``) or crash torch. They are run only when the user trusts the package
-(``trust_code=True``, ``--trust-code``, the Apply widget's confirmation), and then by ``TorchScriptProcess``:
+(``trust_code=True``, ``--trust-code``, the Apply widget's confirmation), and then by ``ModelProcess``
+(which also runs ONNX models, checked by ``safeonnx.check_onnx``, through onnxruntime on the CPU):
 
 - the child is ``python -m napari_selfdenoise.core.sandbox``; load and forward happen there, tiles go over
   its stdin/stdout pipes as framed messages (a JSON header, then raw float32 bytes), every size checked
@@ -114,16 +115,17 @@ def _receive(stream, max_payload: int) -> tuple[dict, bytes] | None:
 # ============================================================================================== parent
 
 
-class TorchScriptProcess:
-    """A child process that loads the TorchScript archive ``weights`` on ``device`` and runs tiles.
+class ModelProcess:
+    """A child process that loads ``weights`` (a TorchScript archive, or with ``kind="onnx"`` an ONNX
+    model run by onnxruntime on the CPU) on ``device`` and runs tiles.
 
     ``name`` names the weights in messages. Use as a context manager (or call ``close()``)."""
 
-    def __init__(self, weights: bytes, name: str, device: str = "cpu"):
+    def __init__(self, weights: bytes, name: str, device: str = "cpu", kind: str = "torchscript"):
         import torch
 
         self.name = name
-        self.device = str(device)
+        self.device = "cpu" if kind == "onnx" else str(device)
         limit = memory_limit()
         self._memory = limit
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes it; closed in close()
@@ -134,7 +136,7 @@ class TorchScriptProcess:
             [sys.executable, "-m", "napari_selfdenoise.core.sandbox", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, close_fds=True)
         try:
-            self._request({"op": "load", "device": self.device, "memory": limit,
+            self._request({"op": "load", "kind": kind, "device": self.device, "memory": limit,
                            "threads": torch.get_num_threads()}, weights, "loading it", _MAX_HEADER)
         except BaseException:
             self.close()
@@ -219,7 +221,7 @@ class TorchScriptProcess:
             except OSError:
                 pass
 
-    def __enter__(self) -> TorchScriptProcess:
+    def __enter__(self) -> ModelProcess:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -295,33 +297,56 @@ def _resource():
 
 
 def _load(header: dict, weights: bytes):
+    """The model as a function tile -> first output (float32 arrays)."""
+    device = str(header.get("device") or "cpu")
+    threads = max(1, int(header.get("threads") or 1))
+    if header.get("kind") == "onnx":
+        _limit_memory(None, "cpu", int(header["memory"]))
+        return _load_onnx(weights, threads)
     import torch
 
-    device = str(header.get("device") or "cpu")
-    torch.set_num_threads(max(1, int(header.get("threads") or 1)))
+    torch.set_num_threads(threads)
     _limit_memory(torch, device, int(header["memory"]))
     if device == "cpu":
         _warm_up(torch)
         _lock_files()
-    module = torch.jit.load(io.BytesIO(weights), map_location=device)
-    return module.eval(), device
+    module = torch.jit.load(io.BytesIO(weights), map_location=device).eval()
+
+    def forward(tile: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            result = module(torch.from_numpy(tile).to(device))
+        if isinstance(result, (tuple, list)):
+            result = result[0]
+        if not isinstance(result, torch.Tensor):
+            raise TypeError(f"the model returned a {type(result).__name__}, not a tensor")
+        return result.detach().float().cpu().numpy()
+
+    return forward
 
 
-def _forward(module, device: str, header: dict, payload: bytes) -> np.ndarray:
-    import torch
+def _load_onnx(weights: bytes, threads: int):
+    """onnxruntime on the CPU. The parent checked the model (``safeonnx.check_onnx``: no external data, only
+    standard operators); files are locked once the session exists."""
+    import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(weights, sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    _lock_files()
+
+    def forward(tile: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: tile})[0], dtype=np.float32)
+
+    return forward
+
+
+def _tile(header: dict, payload: bytes) -> np.ndarray:
     shape = header.get("shape")
     if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)
             and int(np.prod(shape, dtype=np.int64)) * 4 == len(payload)):
         raise ValueError("a malformed tile")
-    tile = torch.from_numpy(np.frombuffer(payload, dtype=np.float32).reshape(shape).copy()).to(device)
-    with torch.no_grad():
-        result = module(tile)
-    if isinstance(result, (tuple, list)):
-        result = result[0]
-    if not isinstance(result, torch.Tensor):
-        raise TypeError(f"the model returned a {type(result).__name__}, not a tensor")
-    return np.ascontiguousarray(result.detach().float().cpu().numpy())
+    return np.frombuffer(payload, dtype=np.float32).reshape(shape).copy()
 
 
 def _describe(err: BaseException) -> str:
@@ -349,7 +374,7 @@ def main(argv=None) -> int:
         return 0
     header, weights = message
     try:
-        module, device = _load(header, weights)
+        forward = _load(header, weights)
     except Exception as err:  # noqa: BLE001 - reported to the parent as one line
         _send(replies, {"ok": False, "error": _describe(err)})
         return 1
@@ -364,7 +389,7 @@ def main(argv=None) -> int:
             return 0
         header, payload = message
         try:
-            result = _forward(module, device, header, payload)
+            result = np.ascontiguousarray(forward(_tile(header, payload)), dtype=np.float32)
         except Exception as err:  # noqa: BLE001
             _send(replies, {"ok": False, "error": _describe(err)})
             continue
