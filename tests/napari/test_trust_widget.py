@@ -26,8 +26,8 @@ def package(tmp_path):
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(Doubler()), buffer)
     weights = buffer.getvalue()
-    space = lambda a: {"type": "space", "id": a, "size": {"min": 16, "step": 8}}  # noqa: E731
-    ref = lambda a: {"type": "space", "id": a, "size": {"tensor_id": "raw", "axis_id": a}}  # noqa: E731
+    space = lambda a: {"type": "space", "id": a, "size": {"min": 16, "step": 8}}
+    ref = lambda a: {"type": "space", "id": a, "size": {"tensor_id": "raw", "axis_id": a}}
     rdf = {"format_version": "0.5.4", "type": "model", "name": "Stranger model", "authors": [{"name": "Mallory"}],
            "inputs": [{"id": "raw", "axes": [{"type": "batch"}, space("y"), space("x")]}],
            "outputs": [{"id": "out", "axes": [{"type": "batch"}, ref("y"), ref("x")]}],

@@ -38,7 +38,7 @@ def _run_cli(*args, cwd=None, env: dict | None = None, timeout: float = CLI_TIME
     """``python -m napari_selfdenoise.cli ARGS`` in a fresh process (one torch thread, quiet)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run([sys.executable, "-m", "napari_selfdenoise.cli", *map(str, args)], cwd=cwd,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+                          env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
@@ -84,8 +84,8 @@ def _foreign_package(path, weights: bytes, *, source: str = "model.pt", kind: st
     """A minimal foreign bioimage.io package (rdf 0.5): one 2D input ``raw`` (b, c=1, y, x; any size
     that is a multiple of 8 from 16) and one output of the same size, ``weights`` as its ``kind`` weights.
     ``rdf_text`` replaces the description verbatim (hostile YAML)."""
-    space = lambda a: {"type": "space", "id": a, "size": {"min": 16, "step": 8}}  # noqa: E731
-    ref = lambda a: {"type": "space", "id": a, "size": {"tensor_id": "raw", "axis_id": a}}  # noqa: E731
+    space = lambda a: {"type": "space", "id": a, "size": {"min": 16, "step": 8}}
+    ref = lambda a: {"type": "space", "id": a, "size": {"tensor_id": "raw", "axis_id": a}}
     channel = {"type": "channel", "channel_names": ["c0"]}
     entry = {"source": source}
     if sha256:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from typing import Tuple
+from typing import Tuple  # noqa: UP035 - TorchScript needs typing.Tuple in __getstate__
 
 import numpy as np
 import pytest
@@ -58,11 +58,11 @@ class WritesOnLoad(torch.nn.Module):
         return x
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[str, bool]:
+    def __getstate__(self) -> Tuple[str, bool]:  # noqa: UP006
         return (self.path, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[str, bool]) -> None:
+    def __setstate__(self, state: Tuple[str, bool]) -> None:  # noqa: UP006
         self.path = state[0]
         self.training = state[1]
         self.buffer = torch.from_file(self.path, shared=True, size=16)
@@ -447,7 +447,7 @@ def test_the_child_does_not_outlive_its_parent(how, tmp_path):
               "print(child.pid, flush=True)\n"
               + ("os._exit(0)\n" if how == "exits" else "os.kill(os.getpid(), signal.SIGKILL)\n"))
     parent = subprocess.run([sys.executable, "-c", script, str(weights)], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, check=False)
     pid = int(parent.stdout.split()[0])
     for _ in range(600):  # a safety net against a hang, not a timing assertion
         if _gone(pid):
@@ -480,7 +480,7 @@ def test_only_the_child_process_loads_torchscript():
 def onnx_model(secret_location: str | None = None, domain: str = "") -> bytes:
     """x * 2 + 1 as an ONNX graph; ``secret_location`` makes the constant 2 an external-data tensor read
     from that path; ``domain`` puts the Mul in another operator domain."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     two = numpy_helper.from_array(np.array([2.0], np.float32), "two")

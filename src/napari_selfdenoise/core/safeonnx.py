@@ -42,7 +42,7 @@ def check_onnx(data: bytes, name: str) -> None:
     try:
         model = onnx.ModelProto()
         model.ParseFromString(data)  # protobuf parsing only: nothing is resolved or loaded
-    except Exception as err:  # noqa: BLE001 - protobuf raises its own errors on garbage
+    except Exception as err:  # protobuf raises its own errors on garbage
         raise ModelFileError(f"{name} is not a valid ONNX model ({type(err).__name__}); the file is damaged") from err
     for opset in model.opset_import:
         if opset.domain not in STANDARD_DOMAINS:

@@ -221,14 +221,17 @@ class ModelProcess:
             except OSError:
                 pass
 
-    def __enter__(self) -> ModelProcess:
+    def __enter__(self) -> ModelProcess:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - never a message at interpreter exit
+            pass
 
 
 # =============================================================================================== child
