@@ -23,7 +23,8 @@ Quality estimate: the winner's score minus the mean noise variance estimates its
 (Noise2Self), hence a PSNR. Noise variance: N-net's calibrated noise model when N-net won, else a robust
 estimate from the data (``noise_variance_from_data``: PCA of small patches, Chen et al. 2015). Uncertainty: a
 block bootstrap of the score minus the variance estimate (jointly, on the same pixels: their errors partly
-cancel); with N-net's variance, the score's and the variance's standard errors combined. The estimate is
+cancel); with N-net's variance, the score's and the variance's standard errors combined, its disagreement
+with the data's estimate counted as an error of it. The estimate is
 "not reliable" when the error is not positive within two standard errors, or when the noise looks shared by
 neighbouring pixels (the loss would then miss it).
 """
@@ -723,8 +724,12 @@ class Race:
     def _estimate(self, best, evaluation, held, sources) -> QualityEstimate:
         """The winner's quality estimate; the noise variance from N-net's calibrated model when it won."""
         shared = shared_noise_of(sources, self.blind_radius)
-        if best == "nnet" and self.winner.method.finishing and self.rows["nnet"].steps > 0:
-            variance, stderr = noise_variance_from_nnet(self.winner, held.crops)
-            return quality_estimate(evaluation, variance, stderr, "nnet", shared)
         variance, stderr, mse_stderr = noise_variance_from_data(held.crops, errors=evaluation.errors)
+        if best == "nnet" and self.winner.method.finishing and self.rows["nnet"].steps > 0:
+            learned, learned_stderr = noise_variance_from_nnet(self.winner, held.crops)
+            # how far the two estimates disagree counts as an error of the learned one (a short run's
+            # noise model can be tens of percent off)
+            stderr = math.sqrt(learned_stderr**2 + (learned - variance) ** 2)
+            return quality_estimate(evaluation, learned, stderr, "nnet", shared,
+                                    math.sqrt(evaluation.stderr**2 + stderr**2))
         return quality_estimate(evaluation, variance, stderr, "data", shared, mse_stderr)
