@@ -26,15 +26,42 @@ def layer_axes(layer) -> str:
     return default_axes(ndim)
 
 
-def check_layer(layer, axes: str) -> None:
-    """A clear message for layers the engine cannot train on (before any work starts)."""
+def guessed_axes(layer) -> str:
+    """``layer_axes``, or "" when there is no guess (e.g. a 6D layer): the user then types them and
+    ``check_layer`` says so."""
+    try:
+        return layer_axes(layer)
+    except SelfDenoiseError:
+        return ""
+
+
+def check_layer(layer, axes: str):
+    """A clear message for layers the engine cannot train on (before any work starts); returns the
+    ``Layout`` of ``layer`` with ``axes``."""
     if layer is None:
         raise SelfDenoiseError("choose an image layer first (open an image or load the sample data)")
     if layer.__class__.__name__ != "Image":
         raise SelfDenoiseError(f"{layer.name!r} is a {layer.__class__.__name__} layer; choose an image layer")
     if getattr(layer, "multiscale", False):
         raise SelfDenoiseError(f"{layer.name!r} is multiscale; open its full-resolution level as a layer")
-    check_shape(layer.data.shape, layer.data.dtype, axes, repr(layer.name))
+    if not axes.strip():
+        ndim = layer.data.ndim
+        example = "STCZYX"[-ndim:] if ndim <= 6 else "one letter of S T C Z Y X per dimension"
+        raise SelfDenoiseError(f"cannot guess the axes of {layer.name!r}, a {ndim}-dimensional image; type "
+                               f"one letter per dimension (e.g. {example})")
+    return check_shape(layer.data.shape, layer.data.dtype, axes, repr(layer.name))
+
+
+def network_note(layout) -> str:
+    """Which network the axes mean: "a 2D network on Y, X; 20 T frames as samples" (what users ask)."""
+    spatial = "Z, Y, X" if layout.is_3d else "Y, X"
+    note = f"a {'3D' if layout.is_3d else '2D'} network on {spatial}"
+    samples = [f"{layout.shape[layout.axes.index(a)]} {a}" for a in layout.axes if a in "ST"]
+    if samples:
+        note += f"; {' x '.join(samples)} as samples"
+    if layout.channels > 1:
+        note += f"; {layout.channels} channels"
+    return note
 
 
 def placement(layer, region: tuple[slice, ...] | None = None) -> dict:

@@ -162,3 +162,81 @@ def test_auto_is_the_default_and_shows_its_score_table(viewer, qtbot, errors):
     assert f"Auto done: {winner}" in widget.status.text() and "Estimated quality" in widget.status.text()
     layer = next(layer for layer in viewer.layers if layer.metadata.get("output") == "denoised")
     assert layer.name.startswith(f"cells denoised (auto: {winner}, ") and layer.metadata["method"] == winner
+
+
+# ------------------------------------------------------------------------------ the right input
+def test_after_open_sample_the_noisy_layer_is_chosen(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "noisy_cells_2d")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
+    _, apply = viewer.window.add_plugin_dock_widget(PLUGIN, "Apply model")
+    assert widget.image_picker.currentText() == "cells 2D (noisy)"  # not the hidden "(clean)" reference
+    assert apply.image_picker.currentText() == "cells 2D (noisy)"
+    assert "a 2D network on Y, X" in widget.axes_message.text()
+
+
+def test_the_axes_message_says_which_network_and_when_axes_were_guessed(viewer):
+    viewer.add_image(np.zeros((20, 64, 64), np.float32), name="bare", metadata={"axes": "ZYX", "axes_guessed": True})
+    widget = train_widget(viewer)
+    widget.image_picker.setCurrentText("bare")
+    text = widget.axes_message.text()
+    assert "a 3D network on Z, Y, X" in text and "guessed" in text
+    widget.axes_edit.setText("TYX")  # the user confirms another reading: no longer a guess
+    text = widget.axes_message.text()
+    assert "a 2D network on Y, X; 20 T as samples" in text and "guessed" not in text
+    assert widget.train_button.isEnabled()
+
+
+def test_a_6d_layer_is_a_clear_message_in_both_widgets(viewer, errors, capfd):
+    viewer.add_image(np.zeros((2, 2, 2, 4, 32, 32), np.float32), name="six")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
+    _, apply = viewer.window.add_plugin_dock_widget(PLUGIN, "Apply model")  # opens
+    for w in (widget, apply):
+        w.image_picker.setCurrentText("six")
+        assert w.axes_edit.text() == ""
+        assert "cannot guess the axes of 'six', a 6-dimensional image" in w.axes_message.text()
+    assert not widget.train_button.isEnabled() and not apply.apply_button.isEnabled()
+    widget.image_picker.setCurrentText("cells")  # another layer: its own axes, Train enabled again
+    assert widget.axes_edit.text() == "YX" and widget.train_button.isEnabled()
+    assert "SelfDenoiseError" not in capfd.readouterr().err
+
+
+def test_a_region_smaller_than_the_patch_says_so(viewer, errors):
+    viewer.add_shapes([np.array([[40, 40], [50, 50]])], shape_type="rectangle", name="roi")
+    widget = train_widget(viewer)
+    widget.region_picker.setCurrentText("roi")
+    widget.start()
+    assert widget.worker is None
+    assert any("training region 1 is only 10 pixels" in m and "at least 32 pixels" in m for m in errors())
+
+
+# ------------------------------------------------------------------------- layers and the viewer
+def test_removing_the_source_layer_while_training_cancels(viewer, qtbot, monkeypatch):
+    from napari_selfdenoise.core import jobs
+
+    monkeypatch.setattr(jobs, "PREVIEW_FIRST", 0.0)
+    widget = train_widget(viewer, steps=1_000_000)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run["preview_layer"] is not None, timeout=WAIT_MS)
+    assert widget.image_picker.currentText() == "cells"  # the preview layer is no input
+    viewer.layers.remove("cells")
+    wait_done(qtbot, widget)
+    assert widget.state == "cancelled" and "was removed" in widget.status.text()
+    assert len(viewer.layers) == 0  # no "<removed> denoised", no preview left
+    assert widget.denoiser.state.step < 1_000_000
+
+
+def test_closing_the_viewer_while_training_prints_nothing(make_napari_viewer, noisy, qtbot, capfd, recwarn):
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="cells")
+    widget = train_widget(viewer, steps=1_000_000)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.losses["step"]) >= 2, timeout=WAIT_MS)
+    worker, denoiser = widget.worker, widget.denoiser
+    viewer.close()
+    qtbot.waitUntil(lambda: worker.is_running is False, timeout=WAIT_MS)
+    qtbot.wait(500)
+    assert denoiser.state.step < 1_000_000
+    assert "Error" not in capfd.readouterr().err
+    # superqt reports a worker whose Qt signals were deleted under it as a RuntimeWarning (on stderr)
+    assert not [w for w in recwarn if "aborted thread" in str(w.message)]

@@ -7,9 +7,9 @@ from pathlib import Path
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
                             QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from .._layers import check_layer, layer_axes, result_layer_kwargs
+from .._layers import check_layer, guessed_axes, result_layer_kwargs
 from ..core.errors import SelfDenoiseError, UntrustedCodeError
-from .common import LayerPicker, notify_error, on_array, start_job
+from .common import LayerPicker, end_worker, notify_error, on_array, on_window_close, scrolling, start_job
 
 
 class ApplyWidget(QWidget):
@@ -70,12 +70,17 @@ class ApplyWidget(QWidget):
         buttons.addWidget(self.export_button)
         self.progress = QProgressBar()
         self.status = QLabel()
-        layout = QVBoxLayout(self)
+        self.status.setWordWrap(True)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scrolling(content))  # fits a laptop screen docked under the Train widget
         self._set_running(False)
 
     def _browse(self) -> None:
@@ -141,7 +146,7 @@ class ApplyWidget(QWidget):
 
     def _layer_changed(self, *_) -> None:
         layer = self.image_picker.layer()
-        self.axes_edit.setText(layer_axes(layer) if layer is not None else "")
+        self.axes_edit.setText(guessed_axes(layer) if layer is not None else "")
         self._validate()
 
     def _validate(self, *_) -> bool:
@@ -179,12 +184,14 @@ class ApplyWidget(QWidget):
         job = on_array(layer.data, lambda image: predict_job(denoiser, image, axes, tta=tta, tile=tile))
         self.status.setText("Denoising...")
         self.worker = start_job(job, self._on_message, self._on_result, self._on_error, self._on_finished)
+        on_window_close(self, _quit_on_close(self))
         self._set_running(True)
 
     def cancel(self) -> None:
         if self.worker is not None:
             self.run["cancelled"] = True
             self.worker.quit()
+            self.progress.setValue(0)
             self.status.setText("Cancelled.")
 
     def _set_running(self, running: bool) -> None:
@@ -198,7 +205,7 @@ class ApplyWidget(QWidget):
             self.export_button.setEnabled(False)
 
     def _on_message(self, stage) -> None:
-        if not self.closed:
+        if not self.closed and not self.run["cancelled"]:  # a late tile must not overwrite "Cancelled."
             self.progress.setRange(0, stage.total)
             self.progress.setValue(stage.done)
             self.status.setText(f"Denoising: tile {stage.done}/{stage.total}")
@@ -207,8 +214,12 @@ class ApplyWidget(QWidget):
         run = self.run
         if self.closed or run["cancelled"]:
             return
-        for output, data in result.outputs.items():
-            self.viewer.add_image(data, **result_layer_kwargs(run["source"], output, run["method"], run["axes"]))
+        if run["source"] not in self.viewer.layers:
+            self.status.setText(f"Cancelled: the layer {run['source'].name!r} was removed; nothing added.")
+            return
+        for output in sorted(result.outputs, key=lambda name: name == "denoised"):  # denoised on top
+            self.viewer.add_image(result.outputs[output],
+                                  **result_layer_kwargs(run["source"], output, run["method"], run["axes"]))
         self.status.setText("Done.")
 
     def _on_error(self, err) -> None:
@@ -226,5 +237,5 @@ def _quit_on_close(widget):
     def quit_run(*_):
         widget.closed = True
         if widget.worker is not None:
-            widget.worker.quit()
+            end_worker(widget.worker)
     return quit_run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QComboBox
 
 
@@ -66,6 +67,36 @@ def start_job(job, on_message, on_result, on_error, on_finished):
     worker.finished.connect(on_finished)
     worker.start()
     return worker
+
+
+class _CloseWatcher(QObject):
+    def __init__(self, callback, parent):
+        super().__init__(parent)
+        self.callback = callback
+
+    def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Close:
+            self.callback()
+        return False  # napari closes the window as usual
+
+
+def on_window_close(widget, callback) -> None:
+    """Call ``callback`` when the window that ``widget`` is docked in is about to close, before napari
+    tears its Qt objects down (a worker still running then would emit into deleted signals: a
+    RuntimeWarning on stderr). Call it once docked (e.g. when a run starts); once per window."""
+    window = widget.window()
+    if window is not widget and not window.findChild(_CloseWatcher, f"close-{id(widget)}"):
+        watcher = _CloseWatcher(callback, window)
+        watcher.setObjectName(f"close-{id(widget)}")
+        window.installEventFilter(watcher)
+
+
+def end_worker(worker, msecs: int = 60_000) -> None:
+    """Ask ``worker`` to quit and wait until its thread is done (at most one step of the job)."""
+    from qtpy.QtCore import QThreadPool
+
+    worker.quit()
+    QThreadPool.globalInstance().waitForDone(msecs)
 
 
 def on_array(data, make_job):

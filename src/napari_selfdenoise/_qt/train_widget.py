@@ -10,11 +10,12 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from superqt import QCollapsible
 
-from .._layers import (check_layer, layer_axes, placement, result_layer_kwargs, shape_boxes,
+from .._layers import (check_layer, guessed_axes, network_note, placement, result_layer_kwargs, shape_boxes,
                        view_position)
 from ..core.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
 from ..core.errors import SelfDenoiseError
-from .common import LayerPicker, duration, notify_error, on_array, rate_text, scrolling, start_job
+from .common import (LayerPicker, duration, end_worker, notify_error, on_array, on_window_close, rate_text,
+                     scrolling, start_job)
 from .plots import LossPlot, NoisePlot, theme_colors
 
 CLASSIC, AUTO = "classic", "auto"
@@ -69,6 +70,7 @@ class TrainWidget(QWidget):
         self.axes_edit.textChanged.connect(self._update_noise_note)  # after _validate_axes: uses axes_fit
         self.method_picker.currentIndexChanged.connect(self._method_changed)
         self.blind_radius.valueChanged.connect(self._update_noise_note)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
         self._layer_changed()
         self._method_changed()
         self._set_running(False)
@@ -223,12 +225,18 @@ class TrainWidget(QWidget):
 
     def _layer_changed(self, *_) -> None:
         layer = self.image_picker.layer()
-        axes = layer_axes(layer) if layer is not None else ""
+        axes = guessed_axes(layer) if layer is not None else ""
         if axes != self.axes_edit.text():
             self.axes_edit.setText(axes)  # textChanged validates them and updates the note
         else:  # same axes, another layer
             self._validate_axes()
             self._update_noise_note()
+
+    def _layer_removed(self, event) -> None:
+        """The layer being trained on went away: end the run; a result for it would have no place."""
+        source = self.run["source"] if self.run is not None else None
+        if self.worker is not None and not self.run.get("cancelled") and source not in self.viewer.layers:
+            self.cancel(f"Cancelled: the layer {source.name!r} was removed while training; nothing added.")
 
     def _update_noise_note(self, *_) -> None:
         """Suggest the blind radius while it is 0 and the layer's noise looks shared by neighbouring pixels."""
@@ -242,19 +250,23 @@ class TrainWidget(QWidget):
 
     def _validate_axes(self, *_) -> bool:
         """Check the axes against the layer as the user types; Train is enabled only when they fit."""
-        layer = self.image_picker.layer()
+        layer, axes = self.image_picker.layer(), self.axes_edit.text().strip().upper()
         try:
-            check_layer(layer, self.axes_edit.text().strip().upper())
+            layout = check_layer(layer, axes)
             if self.start_from is not None:
-                self.start_from[1].check_axes(layer.data.shape, self.axes_edit.text().strip().upper())
+                self.start_from[1].check_axes(layer.data.shape, axes)
         except SelfDenoiseError as err:
             self.axes_message.setText(str(err))
             self.axes_message.setStyleSheet("color: #e5534b")
             ok = False
         else:
             shape = "x".join(map(str, layer.data.shape))
-            self.axes_message.setText(f"{shape} {layer.data.dtype}")
-            self.axes_message.setStyleSheet("")
+            text = f"{shape} {layer.data.dtype}: {network_note(layout)}"
+            guessed = (layer.metadata or {}).get("axes_guessed") and axes == guessed_axes(layer)
+            if guessed:  # a bare TIFF: ZYX or TYX is a guess the user must confirm
+                text += f". Axes {axes} guessed from the dimensions: check them (e.g. TYX for a time-lapse)"
+            self.axes_message.setText(text)
+            self.axes_message.setStyleSheet("color: #d4a72c" if guessed else "")
             ok = True
         self.train_button.setEnabled(ok and self.worker is None)
         self.axes_fit = ok
@@ -357,6 +369,7 @@ class TrainWidget(QWidget):
         self.progress.setValue(0)
         self._set_phase("starting", "Starting...")
         self.worker = start_job(job, self._on_message, self._on_result, self._on_error, self._on_finished)
+        on_window_close(self, _stop_on_close(self))
         self.clock.start()
         self._set_running(True)
 
@@ -395,7 +408,10 @@ class TrainWidget(QWidget):
             if len(shapes.data) == 0:
                 raise SelfDenoiseError(f"the Shapes layer {shapes.name!r} is empty; draw rectangles on it "
                                        "or train on the whole image")
-            regions = box_regions(shape_boxes(shapes, layer, axes), shape, axes)
+            # a region smaller than a patch cannot be trained on: say so in the region's terms
+            yx = [shape[axes.index(a)] for a in "YX"]
+            regions = box_regions(shape_boxes(shapes, layer, axes), shape, axes,
+                                  minimum=min(self.patch.value(), *yx))
         preview = preview_region(shape, axes, view_position(layer, self.viewer), depth=self.denoiser.config.patch_z)
         denoiser, tta = self.denoiser, self.tta.isChecked()
         if run["method"] == AUTO:  # the race compares with the classical filter itself
@@ -704,13 +720,14 @@ def training_progress(event, run: dict) -> tuple[float, float | None]:
 
 
 def _stop_on_close(widget):
-    """When the widget goes away (the viewer closes) stop its run; no new layers are added."""
+    """When the viewer closes (or the widget goes away) end its run and wait for the worker thread;
+    no new layers are added."""
     def stop(*_):
         widget.closed = True
         if widget.denoiser is not None:
             widget.denoiser.stop()
         if widget.worker is not None:
-            widget.worker.quit()
+            end_worker(widget.worker)
     return stop
 
 
