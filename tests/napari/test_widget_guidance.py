@@ -240,3 +240,20 @@ def test_closing_the_viewer_while_training_prints_nothing(make_napari_viewer, no
     assert "Error" not in capfd.readouterr().err
     # superqt reports a worker whose Qt signals were deleted under it as a RuntimeWarning (on stderr)
     assert not [w for w in recwarn if "aborted thread" in str(w.message)]
+
+
+def test_the_reader_keeps_a_time_lapse_frame_interval(make_napari_viewer, tmp_path):
+    import tifffile
+    from napari.utils.notifications import notification_manager
+
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).random((5, 64, 64), np.float32), imagej=True,
+                     resolution=(5.0, 5.0), metadata={"axes": "TYX", "unit": "um", "finterval": 2.5})
+    viewer = make_napari_viewer()
+    start = len(notification_manager.records)
+    [layer] = viewer.open(path, plugin=PLUGIN)
+    assert tuple(layer.scale) == (2.5, 0.2, 0.2)
+    assert [str(u) for u in layer.units] == ["second", "micrometer", "micrometer"]
+    viewer.add_image(np.zeros((3, 64, 64), np.float32), scale=(60, 0.2, 0.2), units=("min", "µm", "µm"))
+    viewer.window._qt_viewer.canvas._update_world_units()  # what the next draw does
+    assert not [n for n in notification_manager.records[start:] if "Inconsistent units" in n.message]
