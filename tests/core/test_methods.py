@@ -39,6 +39,18 @@ def test_method_denoises(method, clean, noisy, psnr):
     assert gain >= 3.0, f"{method}: PSNR gain {gain:.2f} dB < 3 dB"
 
 
+def test_n2v2_learns_fast_at_a_short_budget(clean, noisy, psnr):
+    """Issue 15: N2V's 0.2 % blind spots give n2v2 too few loss pixels per step for a short budget (+1.6 dB
+    here after 150 steps). With 1 pixel in 16 (and a median of the visible neighbours) it gains over 6 dB,
+    and a model that asks for the old density still trains with it."""
+    settings = dict(patch=32, batch=8, features=16, steps=150, steps_per_epoch=25, seed=0)
+    model = Denoiser("n2v2", "YX", **settings).fit(noisy)
+    assert model.method.options["mask_fraction"] == 0.0625
+    gain = psnr(clean, model.predict(noisy)) - psnr(clean, noisy)
+    assert gain > 6.0, f"n2v2 gains {gain:.2f} dB after 150 steps"
+    assert get_method("n2v2", {"mask_fraction": 0.002}).options["mask_fraction"] == 0.002
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_method_3d(method):
     image = add_noise(fluorescence_image((16, 48, 48), seed=2), sigma=0.15, seed=3)

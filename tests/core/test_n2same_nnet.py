@@ -525,10 +525,10 @@ def test_posterior_is_the_default_and_old_model_files_keep_their_plain_predictio
     before the option existed do not list it and keep predicting with the network alone."""
     from pathlib import Path
 
-    assert get_method("nnet").options["posterior"] is True
+    assert get_method("nnet").options["posterior"] is False
     image = add_noise(fluorescence_image((48, 48), seed=3), "gaussian", sigma=0.1, seed=4)
     model = Denoiser("nnet", "YX", patch=16, batch=2, features=8, depth=1, steps=3,
-                     method_options={"noise_features": 8, "calibrate": False}).fit(image)
+                     method_options={"noise_features": 8, "calibrate": False, "posterior": True}).fit(image)
     assert model.config.method_options["posterior"] is True
     loaded = Denoiser.load(model.save(tmp_path / "m.sdmodel"))
     assert loaded.method.options["posterior"] is True
