@@ -701,7 +701,9 @@ class Race:
                 return False
         seconds = None if time_unit is None else max(1e-3, (end - start) * time_unit)
         if total_time is not None:
-            seconds = max(1e-3, total_time - self.spent)
+            seconds = total_time - self.spent
+            if seconds <= 0:  # the rungs (and scoring them) used the whole time limit
+                return False
         candidate.config.steps, candidate.config.epochs, candidate.config.time_limit = steps, None, seconds
         return True
 
