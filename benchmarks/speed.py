@@ -3,6 +3,8 @@
 - Training: patch pixels per second for each method at one architecture (U-Net depth 2, 32 features,
   batch 16 x 64^2 in 2D), and that step's FLOPs (counted by torch) divided by step time, against the
   machine's measured float32 matmul peak.
+- Pipeline: patches per second of the training sampler (64^2, in-memory data, sampling + augmentation, one
+  thread), and training seconds per step at batch 16 (default network).
 - Prediction: megapixels per second on a 2048 x 2048 image and on a Z x 512 x 512 volume (2D model
   slice by slice, and a 3D model), 1 pass and with 8x test-time augmentation.
 
@@ -50,6 +52,25 @@ def training_speed(method: str, steps: int, device: str) -> dict:
             "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / seconds / 1e9, 1)}
 
 
+def sampler_speed(batch: int = 128, repeats: int = 200) -> dict:
+    """Patches per second of ``PatchSampler.batch`` on an in-memory stack (the calling thread only)."""
+    from napari_selfdenoise.core.normalize import Normalization
+    from napari_selfdenoise.core.patches import PatchSampler, split_regions
+
+    sources = [np.random.default_rng(0).random((8, 1, 512, 512), dtype=np.float32)]
+    train, _, _ = split_regions(sources, (64, 64), 0.0)
+    sampler = PatchSampler(sources, train, (64, 64), Normalization("meanstd", [0.5], [0.25]), seed=0)
+    sampler.batch(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sampler.batch(batch)
+        times.append(time.perf_counter() - start)
+    # The mean is what this (shared) machine gave; the fastest batch estimates a quiet core.
+    return {"batch": batch, "patch": 64, "patches_per_second": round(batch * repeats / sum(times)),
+            "patches_per_second_best_batch": round(batch / min(times))}
+
+
 def _step_flops(model) -> float:
     batch = torch.randn(16, 1, 64, 64, device=next(model.network.parameters()).device)
     counter = FlopCounterMode(display=False)
@@ -80,6 +101,8 @@ def main():
     parser.add_argument("--volume-z", type=int, default=64)
     parser.add_argument("--skip-3d-model", action="store_true")
     parser.add_argument("--prediction-only", action="store_true", help="skip the training measurements")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="only the sampler's patches/s and n2v2's training s/step")
     parser.add_argument("--only-2d-prediction", action="store_true", help="only the plain 2048^2 prediction run")
     parser.add_argument("--tile", type=int, default=None, help="prediction tile (default: the predictor's)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per pass (default: the predictor's)")
@@ -88,6 +111,16 @@ def main():
     results = {"benchmark": "B4 speed", "machine": machine()}
     peak = matmul_peak(args.device)
     results["matmul_peak_gflops"] = round(peak / 1e9, 1)
+    if not args.prediction_only:
+        torch.set_num_threads(1)
+        results["sampler"] = sampler_speed()
+        torch.set_num_threads(args.threads)
+        print("sampler", results["sampler"], flush=True)
+    if args.pipeline_only:
+        results["training"] = {"n2v2": training_speed("n2v2", args.steps, args.device)}
+        print(results["training"], flush=True)
+        save(results, args.out)
+        return
     results["training"] = {}
     for method in [] if args.prediction_only else method_names(include_classic=False):
         r = training_speed(method, args.steps, args.device)

@@ -133,3 +133,25 @@ def test_batch_that_fits_the_free_memory():
     assert batch_that_fits(10 * mib, 4096 * mib, 16 * 64 * 64) == 8  # 3-D patches: the pixel cap
     assert batch_that_fits(10 * mib, 10 * mib, 64 * 64) == 1  # nothing fits: at least one
     assert batch_that_fits(10 * mib, 1024 * mib, 64 * 64, multiple=3) == 48  # 16 x 3 <= 51
+
+
+def test_prediction_out_of_memory_halves_the_forward_pass(noisy):
+    model = Denoiser("n2s", "YX", steps=2, batch=4, **QUICK).fit(noisy)
+    reference = model.predict(noisy, tile=32, batch_size=4)
+    real, sizes = model.method.predict, []
+
+    def predict(net, x):
+        if x.shape[0] > 2:  # a device that holds 2 tiles at a time, not 4
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        sizes.append(x.shape[0])
+        return real(net, x)
+
+    model.method.predict = predict
+    predictor = model.predictor(tile=32, batch_size=4)
+    with pytest.warns(RuntimeWarning, match="out of CPU memory predicting 4 tiles at once; now 2 at a time"):
+        out = predictor(noisy[None, None], model.normalization)
+    assert predictor.forward_limit == 2 and max(sizes) == 2  # (the grid's last batch may hold fewer)
+    np.testing.assert_allclose(out[0, 0], reference, rtol=1e-5, atol=1e-5)
+    model.method.predict = lambda net, x: (_ for _ in ()).throw(torch.OutOfMemoryError("out of memory"))
+    with pytest.raises(torch.OutOfMemoryError):  # one tile at a time and still too big: the error stands
+        model.predict(noisy, tile=32, batch_size=1)

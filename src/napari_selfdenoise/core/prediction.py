@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .device import is_out_of_memory, release_cached_memory
 from .errors import SelfDenoiseError
 from .networks import receptive_radius
 from .steps import drain
@@ -94,6 +96,7 @@ class TiledPredictor:
         if batch_size is None:
             batch_size = 1 if device.type == "cpu" else DEFAULT_BATCH_SIZE
         self.tile, self.batch_size, self.tta = tile, max(1, batch_size), tta
+        self.forward_limit: int | None = None  # tiles per forward pass, set by an out-of-memory error
         self.memory_format = torch.channels_last if device.type == "cpu" and network.dims == 2 \
             else torch.contiguous_format
 
@@ -203,6 +206,22 @@ class TiledPredictor:
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """A batch of the plan, in forward passes of at most ``forward_limit`` tiles. Out of memory: the
+        limit is halved (with a warning) and the batch predicted again; the plan's batches, hence the
+        order in which tiles are blended, stay as they are."""
+        while True:
+            limit = self.forward_limit or len(batch)
+            try:
+                return np.concatenate([self._forward(batch[a : a + limit]) for a in range(0, len(batch), limit)])
+            except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled
+                if not is_out_of_memory(error) or limit == 1:
+                    raise
+            release_cached_memory(self.device)
+            self.forward_limit = -(-limit // 2)
+            warnings.warn(f"out of {self.device.type.upper()} memory predicting {limit} tiles at once; "
+                          f"now {self.forward_limit} at a time", RuntimeWarning, stacklevel=2)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
         with torch.no_grad():
             if not self.tta:
