@@ -257,3 +257,35 @@ def test_the_reader_keeps_a_time_lapse_frame_interval(make_napari_viewer, tmp_pa
     viewer.add_image(np.zeros((3, 64, 64), np.float32), scale=(60, 0.2, 0.2), units=("min", "µm", "µm"))
     viewer.window._qt_viewer.canvas._update_world_units()  # what the next draw does
     assert not [n for n in notification_manager.records[start:] if "Inconsistent units" in n.message]
+
+
+# --------------------------------------------------------------------------------- a laptop screen
+def test_both_widgets_fit_a_1280x720_window(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QAbstractButton, QLabel
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 720)
+    viewer.open_sample(PLUGIN, "noisy_cells_2d")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train & Denoise")
+    _, apply = viewer.window.add_plugin_dock_widget(PLUGIN, "Apply model")
+    train.advanced.expand(animate=False)
+    qtbot.wait(300)
+    assert window.height() <= 720 and window.width() <= 1280  # napari did not grow past the screen
+    assert viewer.window._qt_viewer.canvas.native.width() >= 400  # the image keeps room
+    assert train.height() >= 250 and apply.height() >= 200  # neither dock squashed to a sliver
+    for widget in (train, apply):
+        area = widget.findChild(type(train.scroll_area))
+        for label in widget.findChildren(QLabel):
+            if label.isVisibleTo(widget) and label.text() and label.width() > 0:
+                # no clipped text: a wrapped label is as tall as its text needs, a plain one as wide
+                needed = label.heightForWidth(label.width()) if label.wordWrap() else -1
+                assert needed <= label.height() + 1, label.text()
+                if not label.wordWrap():
+                    assert label.sizeHint().width() <= label.width() + 1, label.text()
+        for button in widget.findChildren(QAbstractButton):  # everything reachable by scrolling
+            if button.isVisibleTo(widget) and area.widget().isAncestorOf(button):
+                area.ensureWidgetVisible(button, 0, 0)
+                qtbot.wait(10)
+                corner = button.mapTo(area.viewport(), button.rect().bottomRight())
+                assert area.viewport().rect().contains(corner), button.text()

@@ -80,7 +80,9 @@ class ApplyWidget(QWidget):
         layout.addStretch()
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scrolling(content))  # fits a laptop screen docked under the Train widget
+        area = scrolling(content)  # fits a laptop screen docked under the Train widget
+        area.setMinimumHeight(min(content.sizeHint().height(), 230))
+        outer.addWidget(area)
         self._set_running(False)
 
     def _browse(self) -> None:

@@ -131,11 +131,16 @@ def rate_text(patches_per_second: float) -> str:
 
 def scrolling(content):
     """``content`` in a vertical scroll area: a dock widget taller than a laptop screen stays usable."""
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QFrame, QScrollArea
 
+    for combo in content.findChildren(QComboBox):  # long layer names must not widen the dock
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(12)
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the content follows the width
     area.setWidget(content)
     return area
 

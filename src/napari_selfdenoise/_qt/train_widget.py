@@ -20,8 +20,8 @@ from .plots import LossPlot, NoisePlot, theme_colors
 
 CLASSIC, AUTO = "classic", "auto"
 METHOD_TITLES = {
-    AUTO: "Auto (recommended): the classical filter in seconds, then n2s, nnet and n2same raced on one "
-          "self-supervised score within your budget; the best result is kept",
+    AUTO: "Auto (recommended): a classical filter first, then n2s, nnet and n2same raced on one "
+          "self-supervised score within the budget; the best is kept",
     "n2s": "Noise2Self: J-invariant grid masking (Batson & Royer 2019)",
     "n2v": "Noise2Void: random blind spots (Krull et al. 2019)",
     "n2v2": "N2V2: Noise2Void without checkerboard artefacts (Höck et al. 2022)",
@@ -110,7 +110,7 @@ class TrainWidget(QWidget):
         self.start_from = None  # path of the model that training continues, or None: a new model
         self.start_label = QLabel("a new model")
         self.start_label.setWordWrap(True)
-        self.start_button = QPushButton("Start from model...")
+        self.start_button = QPushButton("Model file...")
         self.start_button.setToolTip("Fine-tune: continue training a saved model (.sdmodel, or a bioimage.io "
                                      ".zip exported by napari-selfdenoise) on this image; its method, network "
                                      "and normalisation are kept")
@@ -164,10 +164,10 @@ class TrainWidget(QWidget):
         self.save_button = QPushButton("Save model...")
         self.export_button = QPushButton("Export to bioimage.io...")
         self.export_button.setToolTip("Write the trained model as a BioImage Model Zoo package")
-        for button in (self.train_button, self.pause_button, self.stop_button, self.save_button):
+        for button in (self.train_button, self.pause_button, self.stop_button):
             buttons.addWidget(button)
-        export_row = QHBoxLayout()
-        export_row.addStretch()
+        export_row = QHBoxLayout()  # a second row: three buttons a row fit a narrow dock
+        export_row.addWidget(self.save_button)
         export_row.addWidget(self.export_button)
         self.export_button.clicked.connect(lambda: self.export_bioimageio())
         self.classic_button = QPushButton("Use the classical filter instead")
@@ -175,7 +175,7 @@ class TrainWidget(QWidget):
                                        "self-supervised loss chooses (seconds): it scored better than this result")
         self.classic_button.clicked.connect(self.use_classic)
         self.classic_button.setVisible(False)
-        export_row.insertWidget(0, self.classic_button)
+        buttons.addWidget(self.classic_button)
         self.train_button.clicked.connect(self.start)
         self.pause_button.toggled.connect(self.set_paused)
         self.stop_button.clicked.connect(self.stop)
@@ -216,6 +216,7 @@ class TrainWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         self.scroll_area = scrolling(content)
+        self.scroll_area.setMinimumHeight(260)  # docked with Apply model on 720 px: both stay usable
         outer.addWidget(self.scroll_area)
 
     # ------------------------------------------------------------------ inputs
