@@ -75,7 +75,7 @@ def test_every_state_of_an_nnet_run_is_shown_in_order(viewer, qtbot):
     widget.state_changed.connect(lambda _: texts.append(widget.status.text()))
     widget.start()
     wait_done(qtbot, widget)
-    assert states == ["starting", "running", "finishing", "predicting", "done"]
+    assert states == ["starting", "running", "finishing", "predicting", "checking", "done"]
     finishing = texts[states.index("finishing")]
     assert "calibrating the noise model" in finishing and "so far" in finishing  # shown, with its time
     assert widget.status.text().startswith("Training done")
@@ -96,7 +96,7 @@ def test_pause_shows_and_stays_while_the_step_in_flight_arrives(viewer, qtbot):
     widget.stop()
     assert widget.state == "stopping" and widget.status.text().startswith("Stopping")
     wait_done(qtbot, widget)
-    assert states[-3:] == ["stopping", "predicting", "done"]
+    assert states[-4:] == ["stopping", "predicting", "checking", "done"]  # checking: the verdict
     assert "stopped early" in widget.status.text()
 
 

@@ -501,6 +501,62 @@ def is_bmz_package(path) -> bool:
         return False
 
 
+# A model description has a few hundred YAML nodes; aliases may repeat some, but a "billion laughs" file
+# (aliases of aliases) must not expand into millions of them.
+MAX_YAML_NODES = 100_000
+
+
+def load_yaml(text: str, where: str):
+    """``yaml.safe_load`` (plain data only) with the document's size after alias expansion bounded:
+    the node graph is measured, counting every alias as the copy it stands for, before any of it is
+    built; a recursive alias or more than ``MAX_YAML_NODES`` nodes is one ``ModelFileError``."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_expansion(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_expansion(root, where: str) -> None:
+    """Count the nodes of the expanded document (depth-first, sizes of shared nodes memoised)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the current node's ancestors: reaching one again is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = _yaml_children(node)
+        if finished:
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            open_nodes.discard(id(node))
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise ModelFileError(f"{where} expands to more than {MAX_YAML_NODES} values through YAML "
+                                     "aliases (a \"billion laughs\" file); refusing it")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise ModelFileError(f"{where} holds a recursive YAML alias; refusing it")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
+def _yaml_children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
 class _Package:
     """The zip, opened with the checks of ``modelfile.open_zip``, and its parsed description."""
 
@@ -530,9 +586,12 @@ class _Package:
         try:
             import yaml
 
-            self.rdf = yaml.safe_load(text.decode("utf-8"))  # safe_load builds plain data only
-        except Exception as err:
-            raise ModelFileError(f"{self.path}: {entry} is not valid YAML ({str(err).splitlines()[0]})") from err
+            self.rdf = load_yaml(text.decode("utf-8"), f"{self.path}: {entry}")
+        except ModelFileError:
+            raise
+        except Exception as err:  # yaml's errors, RecursionError on deep nesting, bad UTF-8
+            raise ModelFileError(f"{self.path}: {entry} is not valid YAML "
+                                 f"({(str(err).splitlines() or [type(err).__name__])[0][:200]})") from err
         if not isinstance(self.rdf, dict):
             raise ModelFileError(f"{self.path}: {entry} does not describe a model")
         if self.rdf.get("type") != "model":
@@ -585,8 +644,11 @@ def load_bmz(path, trust_code: bool = False, *, describe_untrusted: bool = False
         attachments = rdf.get("attachments") or []
         if isinstance(attachments, dict):  # 0.4 style: {files: [...]}
             attachments = attachments.get("files") or []
+        if not isinstance(attachments, list):
+            raise ModelFileError(f"{package.path}: the attachments in rdf.yaml are not a list of files")
         native = [a for a in attachments
-                  if (a.get("source") if isinstance(a, dict) else a) in (NATIVE, f"./{NATIVE}")]
+                  if isinstance(a.get("source") if isinstance(a, dict) else a, str)
+                  and (a.get("source") if isinstance(a, dict) else a) in (NATIVE, f"./{NATIVE}")]
         ours = CONFIG_KEY in config and bool(native)
         _verify_files(package, rdf, attachments, ours)
         if ours:
@@ -657,7 +719,7 @@ def _parse_axes(tensor: dict, version: tuple, shape_key: str = "shape") -> list[
             halo = tensor.get("halo")
             result.append(_Axis(letter=_AXIS_LETTERS[letter], id=letter, size=size,
                                 halo=int(halo[index]) if isinstance(halo, list) else 0, channels=None))
-        return result
+        return _checked_sizes(result)
     if not isinstance(axes, list) or not axes:
         raise ValueError("axes must be a list of axis descriptions")
     result = []
@@ -687,7 +749,38 @@ def _parse_axes(tensor: dict, version: tuple, shape_key: str = "shape") -> list[
             raise ValueError(f"the size of axis {axis_id!r} is missing or not understood")
         result.append(_Axis(letter=letter, id=axis_id, size=parsed, halo=int(axis.get("halo", 0) or 0),
                             channels=None))
-    return result
+    return _checked_sizes(result)
+
+
+# The largest edge a description may give a spatial axis (a fixed size or a minimum): tiles are built from
+# these, so they must not ask for gigabytes (see also ForeignModel.MAX_TILE_PIXELS).
+MAX_AXIS_SIZE = 2**16
+
+
+def _checked_sizes(axes: list[_Axis]) -> list[_Axis]:
+    """Refuse spatial sizes that are not whole numbers in range (``min: 0, step: 0``, a negative step, a
+    size of a billion) and negative halos; raises ``ValueError``, which the caller words for the user."""
+    for axis in axes:
+        if isinstance(axis.size, bool) or (isinstance(axis.size, tuple) and any(isinstance(v, bool) for v in axis.size)):
+            raise ValueError(f"the size of axis {axis.id!r} is true/false, not a number of pixels")
+        if not 0 <= axis.halo <= MAX_AXIS_SIZE:
+            raise ValueError(f"the halo of axis {axis.id!r} must be from 0 to {MAX_AXIS_SIZE}, not {axis.halo}")
+        if axis.letter not in "ZYX":
+            continue
+        size = axis.size
+        if isinstance(size, int):
+            fixed = [size]
+        elif isinstance(size, tuple) and size[0] == "ref":
+            if not (np.isfinite(size[3]) and size[3] > 0 and np.isfinite(size[4]) and abs(size[4]) <= MAX_AXIS_SIZE):
+                raise ValueError(f"the size of axis {axis.id!r} refers to another tensor with a bad scale or offset")
+            continue
+        else:
+            fixed = [size[0]]
+            if not 0 <= size[1] <= MAX_AXIS_SIZE:
+                raise ValueError(f"the size step of axis {axis.id!r} must be from 0 to {MAX_AXIS_SIZE}, not {size[1]}")
+        if not all(1 <= value <= MAX_AXIS_SIZE for value in fixed):
+            raise ValueError(f"the size of axis {axis.id!r} must be from 1 to {MAX_AXIS_SIZE} pixels, not {fixed[0]}")
+    return axes
 
 
 class ForeignModel:
@@ -775,12 +868,16 @@ class ForeignModel:
 
     def _steps(self, steps, where, kind) -> list[tuple[str, dict]]:
         parsed = []
+        if steps is not None and not isinstance(steps, list):
+            raise ModelFileError(f"{where}: the {kind}-processing is not a list of steps")
         for step in steps or []:
             if not isinstance(step, dict):
                 raise ModelFileError(f"{where}: a {kind}-processing step is not a description")
             name = step.get("id") or step.get("name")
             kwargs = step.get("kwargs") or {}
-            if name not in self._STEPS:
+            if not isinstance(kwargs, dict):
+                raise ModelFileError(f"{where}: the kwargs of a {kind}-processing step are not a mapping")
+            if not isinstance(name, str) or name not in self._STEPS:
                 raise ModelFileError(f"{where}: the {kind}-processing step {name!r} is not supported by "
                                      f"napari-selfdenoise (supported: {', '.join(sorted(self._STEPS))})")
             if kwargs.get("reference_tensor") not in (None, self.input.get("id"), self.input.get("name")):
@@ -788,6 +885,10 @@ class ForeignModel:
             if kwargs.get("mode") == "per_dataset":
                 raise ModelFileError(f"{where}: {name} uses dataset statistics the package does not hold; not "
                                      "supported")
+            problem = _step_problem(name, kwargs)
+            if problem:
+                raise ModelFileError(f"{where}: the {kind}-processing step {name} has {problem}; the description "
+                                     "is damaged or was not written for bioimage.io")
             parsed.append((name, dict(kwargs)))
         return parsed
 
@@ -810,10 +911,15 @@ class ForeignModel:
             from .networks import EXPORT_NETWORKS
 
             names = {cls.__name__: cls for cls in EXPORT_NETWORKS.values()}
-            if module == "napari_selfdenoise.core.networks" and callable_ in names:
+            if module == "napari_selfdenoise.core.networks" and isinstance(callable_, str) and callable_ in names:
                 kwargs = (architecture.get("kwargs") if isinstance(architecture, dict) else state.get("kwargs")) or {}
+                from .modelfile import check_architecture, check_finite_weights
+
+                # sizes from the file are bounded before anything is read or built (B, issue 13)
+                check_architecture(kwargs, f"{where} (pytorch_state_dict architecture)")
                 data = package.read(state.get("source"), "pytorch_state_dict weights", state.get("sha256"))
                 tensors = read_state_dict(data, f"{package.path} ({state.get('source')})")
+                check_finite_weights(tensors, f"{package.path} ({state.get('source')})")
                 try:
                     network = names[callable_](**kwargs)
                     network.load_state_dict(tensors)
@@ -930,12 +1036,22 @@ class ForeignModel:
         return {"denoised": np.ascontiguousarray(layout.from_canonical(stacked, channels=c_out), np.float32)}
 
     # Tiles: sizes valid for the model (fixed, or min + k * step), overlapping by twice the output halo.
+    # Tiles the description may make us allocate (its fixed or minimal sizes): 64 M pixels, 256 MB of float32.
+    MAX_TILE_PIXELS = 2**26
+
     def _tile_shape(self, spatial, tile):
+        from .prediction import check_tile
+
+        if isinstance(check_tile(tile), (tuple, list)):
+            raise SelfDenoiseError("foreign bioimage.io models take one tile edge (a number), not one per axis")
         default = {2: 512, 3: 128}[self.dims] if tile is None else int(tile)
         sizes = []
         for axis, size in zip([a for a in self.in_axes if a.letter in "ZYX"], spatial):
             want = min(size, default if axis.letter != "Z" or tile is not None else 64)
             sizes.append(self._valid_size(axis, want))
+        if int(np.prod(sizes)) > self.MAX_TILE_PIXELS:
+            raise SelfDenoiseError(f"{self.path}: the model asks for tiles of {' x '.join(map(str, sizes))} pixels, "
+                                   f"more than {self.MAX_TILE_PIXELS} in all; it cannot be run here")
         return sizes
 
     @staticmethod
@@ -943,7 +1059,7 @@ class ForeignModel:
         size = axis.size
         if isinstance(size, int):
             return size
-        minimum, step = size[:2]
+        minimum, step = size[:2]  # minimum >= 1, step >= 0 (checked by _checked_sizes)
         if step <= 0 or want <= minimum:
             return minimum
         return minimum + -(-(want - minimum) // step) * step
@@ -1035,8 +1151,13 @@ class ForeignModel:
                                      package=self.path, author=self.authors)
 
         def run(tile):
-            with torch.no_grad():
-                result = self.network(torch.from_numpy(np.ascontiguousarray(tile)).to(device))
+            try:
+                with torch.no_grad():
+                    result = self.network(torch.from_numpy(np.ascontiguousarray(tile)).to(device))
+            except RuntimeError as err:  # e.g. tile sizes from rdf.yaml that the network cannot pool
+                raise ModelFileError(f"{self.path}: the model failed on a tile of shape {tuple(tile.shape)} "
+                                     f"({str(err).splitlines()[0][:200] if str(err) else 'no details'}); its "
+                                     "rdf.yaml does not describe what the network accepts") from err
             if isinstance(result, (tuple, list)):
                 result = result[0]
             return result.float().cpu().numpy()
@@ -1093,6 +1214,57 @@ def _author_names(authors) -> str:
     if not names:
         return "its author"
     return ", ".join(names[:3]) + (" et al." if len(names) > 3 else "")
+
+
+_DTYPES = {"float32", "float64", "float16", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64",
+           "int64", "bool"}
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) < 2**63 if isinstance(value, int) else bool(np.isfinite(value))  # no float of a bigint
+
+
+def _numbers(value) -> bool:
+    """One finite number, or a non-empty list of them (per-channel parameters)."""
+    if isinstance(value, list):
+        return 0 < len(value) <= 4096 and all(_is_number(v) for v in value)
+    return _is_number(value)
+
+
+def _step_problem(name: str, kwargs: dict) -> str | None:
+    """What is wrong with a processing step's arguments (named, as the message's end), or None."""
+    axes = kwargs.get("axes", kwargs.get("axis"))
+    if axes is not None and not (isinstance(axes, str) or (isinstance(axes, list)
+                                                           and all(isinstance(a, str) for a in axes))):
+        return "axes that are not axis names"
+    if "eps" in kwargs and not (_is_number(kwargs["eps"]) and 0 < kwargs["eps"] <= 1):
+        return f"an eps of {str(kwargs['eps'])[:40]} (give a small positive number)"
+    if name == "ensure_dtype" and str(kwargs.get("dtype", "float32")) not in _DTYPES:
+        return f"the unknown dtype {str(kwargs.get('dtype'))[:40]!r}"
+    numeric = {"scale_linear": ("gain", "offset"), "binarize": ("threshold",), "clip": ("min", "max"),
+               "scale_range": ("min_percentile", "max_percentile"),
+               "fixed_zero_mean_unit_variance": ("mean", "std")}.get(name, ())
+    if name == "zero_mean_unit_variance" and kwargs.get("mode") == "fixed":
+        numeric = ("mean", "std")
+    for key in numeric:
+        required = key in ("mean", "std")
+        if key not in kwargs and required:
+            return f"no {key}"
+        if key in kwargs and not _numbers(kwargs[key]):
+            return f"a {key} of {str(kwargs[key])[:40]!r} (give a number or a list of numbers)"
+    if name == "scale_range":
+        low, high = kwargs.get("min_percentile", 0), kwargs.get("max_percentile", 100)
+        if not (_is_number(low) and _is_number(high) and 0 <= low < high <= 100):
+            return f"percentiles {low!r} and {high!r} (give 0 <= min_percentile < max_percentile <= 100)"
+    if name == "clip" and _is_number(kwargs.get("min")) and _is_number(kwargs.get("max")) \
+            and kwargs["min"] > kwargs["max"]:
+        return "a min above its max"
+    if name in ("fixed_zero_mean_unit_variance", "zero_mean_unit_variance") and "std" in kwargs and \
+            any(v < 0 for v in np.atleast_1d(kwargs["std"])):
+        return "a negative std"
+    return None
 
 
 def _reduce_axes(kwargs, axes, x) -> tuple[int, ...] | None:

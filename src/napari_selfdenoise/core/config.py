@@ -83,7 +83,7 @@ class TrainConfig:
             self.time_limit = _positive("time_limit", self.time_limit, "a positive number of seconds")
         self.lr = _positive("lr", self.lr, "a positive number (the learning rate, e.g. 4e-4)")
         if not _is_real(self.val_fraction) or not 0 <= self.val_fraction < 1:
-            raise SelfDenoiseError(f"val_fraction must be in [0, 1) (got {self.val_fraction!r})")
+            raise SelfDenoiseError(f"val_fraction must be in [0, 1) (got {_shown(self.val_fraction)})")
         self.val_fraction = float(self.val_fraction)
         if not isinstance(self.amp, bool):
             raise SelfDenoiseError("amp must be true or false")
@@ -95,7 +95,7 @@ class TrainConfig:
             percentiles = ()
         if not (len(percentiles) == 2 and all(_is_real(p) for p in percentiles)
                 and 0 <= percentiles[0] < percentiles[1] <= 100):
-            raise SelfDenoiseError(f"percentiles must be two numbers 0 <= low < high <= 100 (got {self.percentiles!r})")
+            raise SelfDenoiseError(f"percentiles must be two numbers 0 <= low < high <= 100 (got {_shown(self.percentiles)})")
         self.percentiles = tuple(float(p) for p in percentiles)
         if not isinstance(self.method_options, dict):
             raise SelfDenoiseError("method_options must be a mapping of option names to values")
@@ -132,17 +132,30 @@ class TrainConfig:
 
 def _is_real(value) -> bool:
     """A finite real number (bools are not numbers here)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if isinstance(value, numbers.Integral):
+        return abs(int(value)) < 2**63  # math.isfinite cannot convert a bigint to a float
+    return math.isfinite(value)
 
 
 def _integer(name: str, value, low: int, high: int | None = None, what: str = "a positive integer") -> int:
     """``value`` as an int when it is a whole number in [low, high]; else a one-line error naming ``name``."""
     if not _is_real(value) or value != int(value) or value < low or (high is not None and value > high):
-        raise SelfDenoiseError(f"{name} must be {what} (got {value!r})")
+        raise SelfDenoiseError(f"{name} must be {what} (got {_shown(value)})")
     return int(value)
 
 
 def _positive(name: str, value, what: str) -> float:
     if not _is_real(value) or not value > 0:
-        raise SelfDenoiseError(f"{name} must be {what} (got {value!r})")
+        raise SelfDenoiseError(f"{name} must be {what} (got {_shown(value)})")
     return float(value)
+
+
+def _shown(value) -> str:
+    """A value for a message: short, and never an error itself (repr of a 5000-digit int raises)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too large to show"
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .atomic import atomic_write, check_free_space
 from .axes import default_axes, validate_axes
 from .errors import SelfDenoiseError
 from .outputs import same_file
@@ -139,6 +139,7 @@ def _read_tiff(p: Path, axes: str | None, lazy: bool, guess: bool, dask: bool) -
             shape = tuple(series.shape)
             file_axes = _axes_from_tiff(series.axes, tif.ome_metadata if tif.is_ome else None)
             axes, guessed = _choose_axes(p, shape, file_axes, axes, guess)  # before reading
+            _check_complete(p, series)
             data = _memmap_or_read(p, tif, series, dask) if lazy else series.asarray()
             scale, units = _scale_from_tiff(tif)
     except (SelfDenoiseError, MemoryError):
@@ -231,8 +232,28 @@ def _dask_pages(p: Path, tif: tifffile.TiffFile, series):
 
 def _read_page(path: str, index: int) -> np.ndarray:
     # Opening the file per page keeps no handle open and is safe from any thread (a few ms).
-    with tifffile.TiffFile(path) as tif:
-        return tif.pages[index].asarray()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages[index].asarray()
+    except MemoryError:
+        raise
+    except Exception as exc:  # read later than read_image (dask): still one line naming the file
+        raise SelfDenoiseError(f"cannot read page {index} of {path}: {exc}; the file is damaged or was "
+                               "changed while being read") from None
+
+
+def _check_complete(p: Path, series) -> None:
+    """Refuse a TIFF whose image data reach past the end of the file (cut short by a failed copy or
+    download) now, rather than when a lazy reader gets to the missing pages."""
+    size = p.stat().st_size
+    if series.dataoffset is not None:  # contiguous: one range
+        end = series.dataoffset + series.nbytes
+    else:
+        end = max((offset + count for page in series.pages if page is not None
+                   for offset, count in zip(page.dataoffsets, page.databytecounts)), default=0)
+    if end > size:
+        raise SelfDenoiseError(f"cannot read {p} as TIFF: the file is truncated (its images need {end} bytes, "
+                               f"it has {size}); copy or save it again")
 
 
 def _scale_from_tiff(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str]]:
@@ -316,14 +337,33 @@ def _read_zarr(p: Path, axes: str | None, lazy: bool | None, guess: bool) -> Ima
     final, guessed = _choose_axes(p, tuple(array.shape), file_axes, axes, guess)
     if lazy is None:
         lazy = array.nbytes > LAZY_THRESHOLD
+    checked = _CheckedChunks(array, p)
     if lazy:
         import dask.array as da
 
-        data = da.from_zarr(array)
+        data = da.from_array(checked, chunks=array.chunks, asarray=True, fancy=False)
     else:
-        data = array[...]
+        data = checked[...]
     scale = {a: v for a, v in scale.items() if a in final}
     return ImageData(data, final, scale, {a: u for a, u in units.items() if a in scale}, str(p), guessed)
+
+
+class _CheckedChunks:
+    """A zarr array whose reads raise one ``SelfDenoiseError`` naming the store when a chunk cannot be
+    decoded (not valid zlib/blosc data, cut short): zarr reads lazily, long after ``read_image``."""
+
+    def __init__(self, array, path):
+        self.array, self.path = array, path
+        self.shape, self.dtype, self.ndim, self.chunks = array.shape, array.dtype, array.ndim, array.chunks
+
+    def __getitem__(self, index):
+        try:
+            return self.array[index]
+        except MemoryError:
+            raise
+        except Exception as exc:  # zlib.error, blosc's RuntimeError, ValueError on a short chunk...
+            raise SelfDenoiseError(f"cannot read {self.path}: a chunk is damaged ({type(exc).__name__}: "
+                                   f"{str(exc)[:200]}); copy or write the store again") from None
 
 
 def _zarr_image(p: Path, node):
@@ -459,8 +499,8 @@ def _axes_from_dims(p: Path, order: str, shape: tuple[int, ...]) -> tuple[str, t
 def write_image(path, data, axes: str, scale=None, units=None) -> Path:
     """Write ``data`` atomically as OME-TIFF (.tif/.tiff) or .npy; returns the path written.
 
-    The file appears under its final name only once complete (temporary '.NAME.xxxx.part'
-    file in the same folder, then ``os.replace``).
+    The file appears under its final name only once complete (``atomic.atomic_write``); an output the
+    disk cannot hold is refused before anything is written.
     """
     p = Path(path)
     if not p.parent.is_dir():
@@ -471,17 +511,13 @@ def write_image(path, data, axes: str, scale=None, units=None) -> Path:
     if not name.endswith(TIFF_SUFFIXES + (".npy",)):
         raise SelfDenoiseError(f"cannot write {p}: unsupported file type; use .tif, .tiff, .ome.tif, .ome.tiff "
                                "or .npy (selfdenoise predict also writes .ome.zarr)")
-    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.part"
-    try:
+    check_free_space(p, data.nbytes)  # both formats are uncompressed
+    with atomic_write(p) as tmp:  # a failed or cancelled write leaves nothing behind
         if name.endswith(".npy"):
             with open(tmp, "wb") as fh:  # a file handle stops np.save from appending '.npy'
                 np.save(fh, data, allow_pickle=False)
         else:
             _write_ome(tmp, data, axes, scale or {}, units or {})
-        os.replace(tmp, p)
-    except BaseException:  # includes KeyboardInterrupt: a cancelled write leaves nothing behind
-        tmp.unlink(missing_ok=True)
-        raise
     return p
 
 

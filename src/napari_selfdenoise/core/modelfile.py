@@ -213,7 +213,9 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) < 2**63 if isinstance(value, int) else math.isfinite(value)  # a bigint has no float
 
 
 # Bounds on what a model file may ask for: far above any model of ours (the defaults: depth 2, 32 features,
