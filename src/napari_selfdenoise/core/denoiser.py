@@ -202,18 +202,21 @@ class Denoiser:
         return self.predict_outputs(image, axes, **kwargs)["denoised"]
 
     def predict_outputs(self, image, axes: str | None = None, *, tile=None, tta: bool = False,
-                        batch_size: int | None = None, device: str | None = None,
+                        batch_size: int | None = None, device: str | None = None, precision: str = "auto",
+                        compiled: bool | None = None,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """Every output of the method (``denoised``, and e.g. ``noise_std``), each shaped like the input.
 
         ``axes`` defaults to the model's; any axes with the same Z-ness and channel count work
-        (a model trained on YX frames denoises a TYX stack frame by frame).
+        (a model trained on YX frames denoises a TYX stack frame by frame). ``precision`` ("auto",
+        "float32", "bfloat16") and ``compiled`` (None: auto) choose the kernel (``prediction.InferenceKernel``).
         """
-        return drain(self.predict_steps(image, axes, tile=tile, tta=tta, batch_size=batch_size, device=device),
-                     progress)
+        return drain(self.predict_steps(image, axes, tile=tile, tta=tta, batch_size=batch_size, device=device,
+                                        precision=precision, compiled=compiled), progress)
 
     def predict_steps(self, image, axes: str | None = None, *, tile=None, tta: bool = False,
-                      batch_size: int | None = None, device: str | None = None):
+                      batch_size: int | None = None, device: str | None = None, precision: str = "auto",
+                      compiled: bool | None = None):
         """``predict_outputs`` as a generator of (tiles done, total) returning the outputs dict.
 
         During training (e.g. a live preview between steps) it uses the network where it is, as it is
@@ -222,7 +225,8 @@ class Denoiser:
         """
         if self._race is not None and self._race.current is not None:
             return (yield from self._race.current.predict_steps(image, axes, tile=tile, tta=tta,
-                                                                 batch_size=batch_size, device=device))
+                                                                 batch_size=batch_size, device=device,
+                                                                 precision=precision, compiled=compiled))
         if self.auto is not None and self.auto.winner == CLASSIC:
             return (yield from self._classic_steps(image, axes))
         if self.network is None:
@@ -231,7 +235,8 @@ class Denoiser:
         layout = check_image(image, axes or self.config.axes)
         self._check_compatible(layout)
         training = self._trainer is not None and self._trainer.running
-        predictor = self.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device)
+        predictor = self.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device, precision=precision,
+                                   compiled=compiled)
         try:
             stacked = yield from predictor.steps(layout.to_canonical(image), self.normalization)
         finally:
@@ -255,8 +260,8 @@ class Denoiser:
         yield 1, 1
         return {"denoised": denoised}
 
-    def predictor(self, *, tile=None, tta: bool = False, batch_size: int | None = None, device: str | None = None
-                  ) -> TiledPredictor:
+    def predictor(self, *, tile=None, tta: bool = False, batch_size: int | None = None, device: str | None = None,
+                  precision: str = "auto", compiled: bool | None = None) -> TiledPredictor:
         """The tiled predictor, with the network moved to its device (the training device while
         training; callers other than ``predict_steps`` move it back with ``self.network.to('cpu')``)."""
         if self.network is None:
@@ -264,7 +269,7 @@ class Denoiser:
         training = self._trainer is not None and self._trainer.running
         target = self._trainer.device if training else resolve_device(device or self.config.device)
         return TiledPredictor(self.method, self.network.to(target), self.architecture["depth"], target,
-                              tile=tile, batch_size=batch_size, tta=tta)
+                              tile=tile, batch_size=batch_size, tta=tta, precision=precision, compiled=compiled)
 
     def predict_to(self, image, out, axes: str | None = None, *, noise_std=None, overwrite: bool = False,
                    scale=None, units=None, progress: Callable[[int, int], None] | None = None, **options):

@@ -7,6 +7,7 @@ and whole-image results agree to float precision.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import warnings
@@ -14,18 +15,33 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
-from .device import is_out_of_memory, release_cached_memory
+from .device import is_out_of_memory, native_bfloat16, release_cached_memory
 from .errors import SelfDenoiseError
-from .networks import receptive_radius
+from .networks import UNet, receptive_radius
 from .steps import drain
 
-DEFAULT_TILE_2D = 512
-# The CPU is cache-bound on big tiles and batches: one 256^2 tile per pass ran 2048^2 in 28 s against
-# 39 s for batches of four 512^2 tiles (BENCHMARKS.md, B4), when the overlap stays a small part of the tile.
-CPU_TILES_2D = (256, 512)
+DEFAULT_TILE_2D = 512  # the largest default tile per axis on a GPU (batches of DEFAULT_BATCH_SIZE)
+# On the CPU a tile's pixels cost the same from 256^2 up to the whole 2048^2 image (BENCHMARKS.md, B4), so
+# the default tiles are large and fitted to the image: a 2048^2 image is cut into 2 x 2 tiles of 1060^2
+# (7 % of the work repeated in the overlaps) instead of 12 x 12 tiles of 256^2 (120 %). 1088^2 x 32
+# float32 features is about 150 MB per activation.
+CPU_TILE_2D = 1088
 DEFAULT_BATCH_SIZE = 4  # tiles per forward pass on a GPU; 1 on the CPU
 DEFAULT_TILE_3D = (64, 128, 128)
+# 64 x 320 x 320 at most: a 64 x 512 x 512 volume becomes 2 x 2 tiles of 64 x 292 x 292 (1.3x the work)
+# instead of 8 x 8 tiles of 64 x 128 x 128 (4x).
+CPU_TILE_3D = (64, 320, 320)
+PRECISIONS = ("auto", "float32", "bfloat16")
+# "auto" runs bfloat16 (on CPUs with native bf16 only) for a sample of at least this many tile pixels
+# (x8 with TTA): about 2x faster than float32 within 0.05 dB PSNR (BENCHMARKS.md, B4). Smaller samples
+# take a second or two in float32 and keep its results, equal to whole-image float32 to 1e-4.
+BFLOAT16_MIN_PIXELS = 2**20
+# "auto" compiles the network (torch.compile with frozen weights, about 1.6x faster than eager) only
+# for a sample of at least this many tile pixels: the first compilation of a tile shape takes 40-120 s
+# on 2 cores, which eager bfloat16 would have spent on about 100 MP.
+COMPILE_MIN_PIXELS = 2**28
 _WEIGHT_FLOOR = 1e-6  # keeps the weight sum positive where only contaminated pixels exist (tiny tiles)
 
 
@@ -41,6 +57,19 @@ def tile_starts(size: int, tile: int, overlap: int, multiple: int) -> list[int]:
     count = math.ceil((size - tile) / step) + 1
     starts = [min(i * step, size - tile) for i in range(count)]
     return sorted(set(starts))
+
+
+def fitted_tile(size: int, largest: int, overlap: int, multiple: int) -> int:
+    """The smallest tile (a multiple of ``multiple``, at most ``largest`` where possible) that covers
+    ``size`` with as few tiles as tiles of ``largest`` would, so the overlaps add as little work as they can."""
+    if size <= largest:
+        return size
+    largest_step = max(multiple, (largest - overlap) // multiple * multiple)
+    count = math.ceil((size - largest) / largest_step) + 1
+    tile = _round_up(math.ceil((size + (count - 1) * overlap) / count), multiple)
+    while len(tile_starts(size, tile, overlap, multiple)) > count:  # the step is rounded down to the grid
+        tile += multiple
+    return min(tile, size)
 
 
 def _ramp(length: int, margin: int, blend: int, inner_left: bool, inner_right: bool) -> np.ndarray:
@@ -84,9 +113,14 @@ def check_tile(tile):
 
 class TiledPredictor:
     def __init__(self, method, network, depth: int, device: torch.device, tile=None, batch_size: int | None = None,
-                 tta: bool = False, overlap: int | None = None):
+                 tta: bool = False, overlap: int | None = None, precision: str = "auto",
+                 compiled: bool | None = None):
         check_tile(tile)
+        if precision not in PRECISIONS:
+            raise SelfDenoiseError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.method, self.network, self.device = method, network, device
+        self.precision, self.compiled = precision, compiled
+        self._kernels: dict[tuple[str, bool], InferenceKernel] = {}
         self.multiple = 2**depth
         # Per spatial axis: a 3D U-Net that pools Z fewer times than Y/X needs a smaller Z multiple.
         self.multiples = tuple(getattr(network, "pool_multiples", ()))
@@ -103,21 +137,25 @@ class TiledPredictor:
     def _tile_shape(self, padded: tuple[int, ...], multiples: tuple[int, ...]) -> tuple[int, ...]:
         tile = self.tile
         if tile is None:
-            tile = self._default_tile_2d() if len(padded) == 2 else DEFAULT_TILE_3D
+            largest = self._default_tile(len(padded))
+            return tuple(fitted_tile(p, t, self._overlap(t, m), m) for p, t, m in zip(padded, largest, multiples))
         if np.isscalar(tile):
             tile = (min(int(tile), 64) if len(padded) == 3 else int(tile),) * (len(padded) - 2) + (int(tile),) * 2
         tile = tuple(tile)[-len(padded):]
         return tuple(min(_round_up(t, m), p) for t, p, m in zip(tile, padded, multiples))
 
-    def _default_tile_2d(self) -> int:
-        if self.device.type != "cpu":
-            return DEFAULT_TILE_2D
+    def _default_tile(self, dims: int) -> tuple[int, ...]:
+        """The largest default tile: big on the CPU (fitted to the image), GPU-sized elsewhere."""
+        if self.device.type == "cpu":
+            return (CPU_TILE_2D,) * 2 if dims == 2 else CPU_TILE_3D
+        return (DEFAULT_TILE_2D,) * 2 if dims == 2 else DEFAULT_TILE_3D
+
+    def _overlap(self, tile: int, multiple: int) -> int:
         overlap = self.overlap if self.overlap is not None else 2 * self.margin + self.blend
-        return next((t for t in CPU_TILES_2D if overlap <= t * 3 // 8), DEFAULT_TILE_2D)
+        return min(overlap, tile // 2 // multiple * multiple)
 
     def _axis_plan(self, size: int, tile: int, multiple: int):
-        overlap = self.overlap if self.overlap is not None else 2 * self.margin + self.blend
-        overlap = min(overlap, tile // 2 // multiple * multiple)
+        overlap = self._overlap(tile, multiple)
         margin = max(0, min(self.margin, (overlap - self.blend) // 2))
         blend = max(1, overlap - 2 * margin)
         starts = tile_starts(size, tile, overlap, multiple)
@@ -140,6 +178,26 @@ class TiledPredictor:
         window_index = np.stack(np.meshgrid(*[range(len(p[0])) for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
         return TilePlan(tuple(spatial), padded, tile, origins, window_index, [p[1] for p in plans], self.batch_size)
 
+    def kernel(self, plan: "TilePlan") -> "InferenceKernel":
+        """How this plan's tiles go through the network. Chosen from the plan (one sample's tile grid),
+        never from a block, so whole-image, streamed and distributed prediction run the same kernel."""
+        work = plan.count * int(np.prod(plan.tile)) * (8 if self.tta else 1)
+        precision = self.precision
+        if precision == "auto":
+            # N-net's posterior weighs the pixel against its noise model and amplifies bfloat16's
+            # rounding (mean change 0.007 on a 0-1 image): methods with more outputs than "denoised" keep float32.
+            fast = native_bfloat16(self.device) and work >= BFLOAT16_MIN_PIXELS \
+                and tuple(getattr(self.method, "outputs", ("denoised",))) == ("denoised",)
+            precision = "bfloat16" if fast else "float32"
+        compiled = self.compiled
+        if compiled is None:
+            compiled = self.device.type == "cpu" and work >= COMPILE_MIN_PIXELS
+        key = (precision, bool(compiled))
+        if key not in self._kernels:
+            self._kernels[key] = InferenceKernel(self.method, self.network, precision, bool(compiled),
+                                                 self.memory_format)
+        return self._kernels[key]
+
     def steps(self, canonical, normalization):
         """The same as a generator: yields (tiles done, tiles in all) and returns the result, so a
         worker thread can report progress and be cancelled between batches of tiles."""
@@ -150,6 +208,7 @@ class TiledPredictor:
         outputs = len(self.method.outputs) * c
         result = np.empty((n, outputs, *spatial), dtype=np.float32)
         self.network.eval()
+        kernel = self.kernel(plan)
         for i in range(n):
             pad = [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)]
             image = np.pad(normalization.apply(canonical[i : i + 1])[0], pad, mode="reflect")
@@ -158,7 +217,7 @@ class TiledPredictor:
             for chosen in plan.batches():
                 boxes = [plan.box(j) for j in chosen]
                 batch = np.stack([image[(slice(None), *box)] for box in boxes])
-                predicted = self._predict_batch(batch)
+                predicted = self._predict_batch(batch, kernel)
                 for j, box, tile_out in zip(chosen, boxes, predicted):
                     w = plan.weight(j)
                     accumulated[(slice(None), *box)] += tile_out * w
@@ -179,12 +238,13 @@ class TiledPredictor:
         grid order, so each pixel gets bit for bit the sum that ``steps`` computes for the whole image.
         """
         self.network.eval()
+        kernel = self.kernel(plan)
         shape = tuple(b - a for a, b in block)
         accumulated = weights = None
         for chosen in plan.batches(plan.touching(block)):
             boxes = [plan.box(j) for j in chosen]
             raw = np.stack([read_tile(box) for box in boxes])
-            predicted = self._predict_batch(normalization.apply(raw))
+            predicted = self._predict_batch(normalization.apply(raw), kernel)
             if accumulated is None:
                 accumulated = np.zeros((predicted.shape[1], *shape), dtype=np.float32)
                 weights = np.zeros(shape, dtype=np.float32)
@@ -205,14 +265,15 @@ class TiledPredictor:
                  for k, name in enumerate(self.method.outputs)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
+    def _predict_batch(self, batch: np.ndarray, kernel: "InferenceKernel") -> np.ndarray:
         """A batch of the plan, in forward passes of at most ``forward_limit`` tiles. Out of memory: the
         limit is halved (with a warning) and the batch predicted again; the plan's batches, hence the
         order in which tiles are blended, stay as they are."""
         while True:
             limit = self.forward_limit or len(batch)
             try:
-                return np.concatenate([self._forward(batch[a : a + limit]) for a in range(0, len(batch), limit)])
+                return np.concatenate([self._forward(batch[a : a + limit], kernel)
+                                       for a in range(0, len(batch), limit)])
             except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled
                 if not is_out_of_memory(error) or limit == 1:
                     raise
@@ -221,16 +282,108 @@ class TiledPredictor:
             warnings.warn(f"out of {self.device.type.upper()} memory predicting {limit} tiles at once; "
                           f"now {self.forward_limit} at a time", RuntimeWarning, stacklevel=2)
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray, kernel: "InferenceKernel") -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
         with torch.no_grad():
             if not self.tta:
-                return self.method.predict(self.network, x).float().cpu().numpy()
+                return kernel(x).float().cpu().numpy()
             total = None
             for k, flip in _tta_transforms(x.dim() - 2):
-                y = _undo(self.method.predict(self.network, _apply(x, k, flip)).float(), k, flip)
+                # one memory layout for every transform: a compiled kernel is specialised to its strides
+                turned = _apply(x, k, flip).contiguous(memory_format=self.memory_format)
+                y = _undo(kernel(turned).float(), k, flip)
                 total = y if total is None else total + y
             return (total / 8).cpu().numpy()
+
+
+class InferenceKernel:
+    """``method.predict`` on a batch of tiles, in float32 or bfloat16, eager or compiled.
+
+    bfloat16 runs a copy of the network whose U-Nets (the convolutions: nearly all the work) are cast to
+    bfloat16 once, between float32 inputs and outputs; everything else (the method's masks and sums,
+    N-net's noise head and posterior, which are sensitive to rounding) stays float32. Compiling uses torch.compile
+    with frozen weights (oneDNN convolutions fused with their ReLU, generated code for the rest); if that
+    fails (no C++ compiler, an unsupported build) the kernel warns once and runs eager from then on.
+    A kernel gives the same bits for the same batch every time, which is what tiled, streamed and
+    distributed prediction need to agree.
+    """
+
+    def __init__(self, method, network: nn.Module, precision: str, compiled: bool, memory_format):
+        self.precision, self.compiled = precision, compiled
+        if precision == "bfloat16":
+            network = _with_bfloat16_unets(copy.deepcopy(network).eval(), memory_format)
+        self._eager = _MethodForward(method, network)
+        self._run = self._eager
+        if compiled:
+            try:
+                self._run = torch.compile(self._eager, dynamic=False, options={"freezing": True})
+            except Exception as err:  # noqa: BLE001 - whatever stops compiling, eager still works
+                self._stop_compiling(err)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._run is self._eager:
+            return self._eager(x)
+        try:
+            return self._run(x)
+        except Exception as err:  # noqa: BLE001 - torch.compile compiles on the first call
+            self._stop_compiling(err)
+            return self._eager(x)
+
+    def _stop_compiling(self, err: Exception):
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        warnings.warn(f"could not compile the network for prediction ({type(err).__name__}: {first_line}); "
+                      "predicting without compiling", RuntimeWarning, stacklevel=3)
+        self._run, self.compiled = self._eager, False
+
+
+class _MethodForward(nn.Module):
+    def __init__(self, method, network: nn.Module):
+        super().__init__()
+        self.method, self.network = method, network
+
+    def forward(self, x):
+        return self.method.predict(self.network, x)
+
+
+def _with_bfloat16_unets(network: nn.Module, memory_format) -> nn.Module:
+    """``network`` with every U-Net in it (or itself, if it is one) in bfloat16 behind a float32 face."""
+    if isinstance(network, UNet):
+        network = network.to(torch.bfloat16)
+        if memory_format == torch.channels_last:
+            network = network.to(memory_format=memory_format)
+        return _CastNetwork(network, torch.bfloat16)
+    for name, child in network.named_children():
+        setattr(network, name, _with_bfloat16_unets(child, memory_format))
+    return network
+
+
+class _CastNetwork(nn.Module):
+    """``network`` (already in ``dtype``) as if it were float32: inputs cast to ``dtype``, every output
+    tensor cast back to float32. Its submodules come wrapped the same way (``net.noise(signal)`` for a
+    method that calls a part of the network), other attributes as they are."""
+
+    def __init__(self, network: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.network, self.dtype = network, dtype
+
+    def forward(self, *inputs):
+        return _to_float32(self.network(*(x.to(self.dtype) for x in inputs)))
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            value = getattr(super().__getattr__("network"), name)
+            return _CastNetwork(value, self.dtype) if isinstance(value, nn.Module) else value
+
+
+def _to_float32(value):
+    """A tensor, or nested tuples of them (N-net's outputs), in float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_float32(v) for v in value)
+    return value
 
 
 class TilePlan:

@@ -323,7 +323,7 @@ def write_block(sinks: dict, layout: Layout, block: Block, results: dict) -> Non
 
 def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: bool = False, scale=None,
                     units=None, tile=None, tta: bool = False, batch_size: int | None = None, device: str | None = None,
-                    block=None):
+                    block=None, precision: str = "auto", compiled: bool | None = None):
     """A step generator: predicts ``image`` block by block into ``targets`` ({output name: path}),
     yields (blocks done, blocks) and returns the paths written."""
     image = as_array(image)
@@ -334,7 +334,8 @@ def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: boo
         raise SelfDenoiseError(f"the model has no {', '.join(sorted(unknown))} output; it has "
                                f"{', '.join(denoiser.method.outputs)}")
     paths = {name: check_target(p, overwrite) for name, p in targets.items()}
-    predictor = denoiser.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device)
+    predictor = denoiser.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device, precision=precision,
+                                   compiled=compiled)
     plan = predictor.plan(layout.spatial_shape)
     try:
         with ExitStack() as stack:  # any failure (a full disk, Ctrl-C, SIGTERM) removes the outputs
