@@ -251,7 +251,7 @@ def test_failed_export_leaves_nothing(model2d, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(bmz, "cover_png", broken)
+    monkeypatch.setattr(bmz.export, "cover_png", broken)
     with pytest.raises(OSError):
         export_bmz(model2d, old)
     assert old.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.zip"]
