@@ -34,10 +34,10 @@ def scores(clean, image) -> dict:
 
 def method_and_options(spec: str):
     """``n2s`` or ``n2s:blind_radius=2:grid=6``: a method and its options (values as the CLI reads them)."""
-    from napari_selfdenoise.cli import _parse_options
+    from napari_selfdenoise.cli.common import parse_options
 
     method, *pairs = spec.split(":")
-    return method, _parse_options(pairs)
+    return method, parse_options(pairs)
 
 
 def train_and_predict(spec, args, noisy, axes):

@@ -285,7 +285,8 @@ def test_interrupt_inside_exec_still_exits_130_under_python_m(tmp_path):
     (tmp_path / "interrupted_entry.py").write_text(
         "import sys\n"
         "from napari_selfdenoise import cli\n"
-        "cli.cmd_info = lambda args: exec('raise KeyboardInterrupt')\n"
+        "from napari_selfdenoise.cli import info\n"
+        "info.cmd_info = lambda args: exec('raise KeyboardInterrupt')\n"
         "sys.exit(cli.main(['info', 'any.sdmodel']))\n")
     proc = subprocess.run([sys.executable, "-m", "interrupted_entry"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)

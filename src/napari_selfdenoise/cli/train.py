@@ -1,0 +1,160 @@
+"""``selfdenoise train``: arguments -> TrainConfig -> Denoiser.train, then the model file (rank 0 only
+under torchrun)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..core.errors import SelfDenoiseError
+from ..core.outputs import plan_output
+from .common import (check_device, check_input, check_method, duration, hint_blind_radius, load_ours, loss_text,
+                     parse_options, read, say)
+from .progress import train_with_progress
+
+
+_TRAIN_DEFAULTS = {"patch": 64, "patch_z": 16, "batch": None, "accumulate": 1, "lr": 4e-4, "depth": 2,
+                   "features": 32, "z_levels": None, "val_fraction": 0.1, "seed": 0, "steps_per_epoch": 100}
+# With --from these come from the model: they decide the network, so they cannot change.
+_FIXED_BY_MODEL = ("depth", "features", "z_levels")
+
+
+def cmd_train(args) -> int:
+    from ..core.axes import validate_axes
+
+    out = plan_output(args.out, inputs=[*args.inputs, args.start_from], overwrite=args.overwrite, kind="model file")
+    if args.axes:
+        validate_axes(args.axes)
+    from ..core.config import TrainConfig
+    from ..core.denoiser import Denoiser
+
+    given = {k: getattr(args, k) for k in _TRAIN_DEFAULTS if getattr(args, k) is not None}
+    start = None
+    if args.start_from:
+        start = _load_start_model(args, given)
+        method = start.config.method
+    else:
+        method = check_method(args.method or "auto", auto=True)
+    options = parse_options(args.option)
+    if args.mixture is not None:
+        options["mixture"] = args.mixture
+
+    images = [read(path, args.axes, start.config.axes if start else None, dask=True)  # big files stay lazy
+              for path in args.inputs]
+    axes = {image.axes for image in images}
+    if len(axes) > 1:
+        listed = ", ".join(f"{Path(i.path).name}: {i.axes}" for i in images)
+        raise SelfDenoiseError(f"the inputs have different axes ({listed}); train on one kind, or pass --axes")
+    axes = images[0].axes
+    budget_args = dict(steps=args.steps, epochs=args.epochs, time_limit=args.time_limit)
+    if start is None:
+        config = TrainConfig(method=method, axes=axes, device=args.device, method_options=options,
+                             **budget_args, **{**_TRAIN_DEFAULTS, **given})
+        model = Denoiser(config=config)  # checks the method options
+    else:
+        model = start
+        model.prepare_fine_tuning(axes, device=args.device, method_options=options, **budget_args, **given)
+        config = model.config
+    device = check_device(args.device)
+    for image in images:
+        layout = check_input(image, Path(image.path).name)
+        if start is not None:
+            model._check_compatible(layout)
+        _check_patch_fits(layout, config, Path(image.path).name)
+
+    from ..core import distributed
+
+    group = distributed.init_from_env(args.device)  # torchrun: join the other processes
+    try:
+        return _train_and_save(model, images, out, device, group, args.quiet, args.start_from)
+    finally:
+        distributed.shutdown()
+
+
+def _train_and_save(model, images, out, device, group, quiet: bool, start_from=None) -> int:
+    """Train, then write the model; with several processes only rank 0 reports and writes."""
+    config, method = model.config, model.config.method
+    report = say if group.is_main else (lambda *args: None)
+    budget = [f"{config.max_steps} steps" if config.max_steps else None,
+              f"at most {duration(config.time_limit)}" if config.time_limit else None]
+    sizes = ", ".join("x".join(map(str, i.data.shape)) for i in images)
+    each = config.batch // group.world_size if config.batch else "chosen for the device"
+    where = f"{group.world_size} processes ({device.type}), batch {each} each" \
+        if group.active else str(device)
+    verb = f"fine-tuning {method} (from {Path(start_from).name}, {model.state.step} steps)" if start_from \
+        else f"training {method}"
+    if model.method is None:  # auto: the candidates race
+        from ..core.auto import check_candidates
+
+        verb += f" (the classic filter, then {', '.join(check_candidates(config.method_options))} race)"
+    options = model.method.options if model.method is not None else {"blind_radius": 0, **config.method_options}
+    if group.is_main and options.get("blind_radius") == 0:  # methods with the option, left at 0
+        hint_blind_radius(images[0], "--option blind_radius=2")
+    report(f"{verb} on {len(images)} image(s) ({config.axes}: {sizes}) for "
+        f"{' or '.join(b for b in budget if b)} on {where}")
+    started = time.perf_counter()
+    first_step = model.state.step
+    last = train_with_progress(model, [image.data for image in images], quiet or not group.is_main)
+    if not group.is_main:
+        return 0
+    for note in last.extra.get("notes", []) if last is not None else []:
+        report(note)
+    model.save(out)
+    state = model.state
+    done = f"{state.step - first_step} more steps ({state.step} in all)" if start_from else f"{state.step} steps"
+    if model.auto is not None:
+        report(_auto_summary(model.auto))
+        method = f"auto (winner {model.auto.winner}; network {model.config.method})"
+    report(f"trained {method} for {done} in {duration(time.perf_counter() - started)}, "
+        f"best validation loss {loss_text(state.best_val_loss)}; model saved to {out}")
+    return 0
+
+
+def _auto_summary(auto) -> str:
+    """The score table, winner and quality estimate of an auto model (train summary, info)."""
+    lines = ["self-supervised score (masked-pixel loss on the same held-out pixels; lower is better):"]
+    lines += [f"  {line}" for line in auto.table().splitlines()]
+    lines.append(f"winner: {auto.winner}")
+    if auto.estimate is not None:
+        lines.append(f"quality estimate: {auto.estimate.text()}")
+    return "\n".join(lines)
+
+
+def _load_start_model(args, given):
+    """The model that ``train --from`` continues, with the options that cannot change checked."""
+    model = load_ours(args.start_from, args.trust_code, "fine-tuned")
+    if not getattr(model, "trainable", False):
+        raise SelfDenoiseError(f"{args.start_from} is a foreign bioimage.io model (prediction only); only "
+                               "models trained with napari-selfdenoise can be fine-tuned")
+    if args.method and args.method != model.config.method:
+        raise SelfDenoiseError(f"{args.start_from} is a {model.config.method} model; fine-tuning keeps its "
+                               f"method (leave out --method {args.method})")
+    for key in _FIXED_BY_MODEL:
+        if key in given and given[key] != getattr(model.config, key):
+            raise SelfDenoiseError(f"--{key} {given[key]} differs from the model's {getattr(model.config, key)}; "
+                                   "fine-tuning keeps the network (leave it out)")
+    if args.mixture is not None and args.mixture != model.architecture.get("mixture", args.mixture):
+        raise SelfDenoiseError("--mixture differs from the model's; fine-tuning keeps the network")
+    return model
+
+
+def _check_patch_fits(layout, config, name: str) -> None:
+    shape = dict(zip(layout.axes, layout.shape))
+    multiple = 2**config.depth
+    small = min(shape["Y"], shape["X"])
+    if small < config.patch:
+        fits = small // multiple * multiple
+        hint = (f"use a smaller --patch, e.g. --patch {fits}" if fits >= multiple
+                else f"the image is too small for a depth-{config.depth} network")
+        raise SelfDenoiseError(
+            f"{name} is {shape['Y']}x{shape['X']} pixels (YX), smaller than the patch {config.patch}; {hint}")
+    if "Z" in shape:
+        from ..core.networks import auto_z_levels
+
+        levels = auto_z_levels(shape["Z"], config.depth) if config.z_levels is None else config.z_levels
+        z_multiple = 2**levels
+        if shape["Z"] < z_multiple:
+            fits = max(0, shape["Z"].bit_length() - 1)
+            raise SelfDenoiseError(
+                f"{name} has {shape['Z']} Z planes, fewer than the {z_multiple} that {levels} Z poolings "
+                f"need; use --z-levels {fits} or fewer (or leave it out: automatic)")
