@@ -163,6 +163,7 @@ def main():
     parser.add_argument("--compiled", choices=["auto", "yes", "no"], default="auto", help="torch.compile for prediction")
     parser.add_argument("--repeats", type=int, default=2, help="prediction runs (alternating with the bare forward)")
     parser.add_argument("--tta-size", type=int, default=2048, help="Y and X of the 8x TTA image")
+    parser.add_argument("--skip-stack-tta", action="store_true", help="skip the 8x TTA run of the Z x 512 x 512 stack")
     parser.add_argument("--psnr-steps", type=int, default=0,
                         help="also train n2v2 on FMD mito for this many steps: bfloat16 vs float32 PSNR")
     args = parser.parse_args()
@@ -191,6 +192,8 @@ def main():
         print(method, r, flush=True)
     runs = [((2048, 2048), "YX", 2, False), ((args.tta_size, args.tta_size), "YX", 2, True),
             ((args.volume_z, 512, 512), "SYX", 2, False), ((args.volume_z, 512, 512), "SYX", 2, True)]
+    if args.skip_stack_tta:
+        runs = [r for r in runs if not (r[1] == "SYX" and r[3])]
     if not args.skip_3d_model:
         runs += [((args.volume_z, 512, 512), "ZYX", 3, False)]
     if args.only_2d_prediction:

@@ -64,6 +64,14 @@ def test_auto_precision_follows_the_plan_not_the_block():
         model.predictor(precision="float16")
 
 
+def test_auto_precision_counts_every_frame_of_a_stack():
+    """A 64-frame stack of 512^2 frames is one big job: each frame is small, the whole is not."""
+    predictor = _trained().predictor()
+    one, stack = predictor.plan((512, 512)), predictor.plan((512, 512), samples=64)
+    assert predictor.kernel(one).precision == "float32"
+    assert predictor.kernel(stack).precision == ("bfloat16" if native_bfloat16(CPU) else "float32")
+
+
 def test_auto_keeps_float32_for_noise_model_methods():
     """N-net's posterior amplifies bfloat16 rounding: auto stays float32 for it even on large images."""
     predictor = _trained("nnet", steps=2).predictor()

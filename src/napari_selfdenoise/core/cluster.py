@@ -146,7 +146,7 @@ def run_block(model_path: str, source: tuple[str, str], sinks: dict, block, sett
 
     denoiser, predictor = _model(model_path, os.stat(model_path).st_mtime_ns, **settings)
     data, layout = _input(*source)
-    plan = predictor.plan(layout.spatial_shape)
+    plan = predictor.plan(layout.spatial_shape, samples=layout.n_samples)
     results = predict_block(predictor, plan, data, layout, denoiser.normalization, block, denoiser.method.outputs)
     write_block(sinks, layout, block, {n: r for n, r in results.items() if n in sinks})
     release_pages(data)

@@ -34,12 +34,12 @@ DEFAULT_TILE_3D = (64, 128, 128)
 # instead of 8 x 8 tiles of 64 x 128 x 128 (4x).
 CPU_TILE_3D = (64, 320, 320)
 PRECISIONS = ("auto", "float32", "bfloat16")
-# "auto" runs bfloat16 (on CPUs with native bf16 only) for a sample of at least this many tile pixels
-# (x8 with TTA): about 2x faster than float32 within 0.05 dB PSNR (BENCHMARKS.md, B4). Smaller samples
-# take a second or two in float32 and keep its results, equal to whole-image float32 to 1e-4.
+# "auto" runs bfloat16 (on CPUs with native bf16 only) for a job of at least this many tile pixels (all
+# samples of the input, x8 with TTA): about 2x faster than float32 within 0.05 dB PSNR (BENCHMARKS.md, B4).
+# Smaller jobs take a second or two in float32 and keep its results, equal to whole-image float32 to 1e-4.
 BFLOAT16_MIN_PIXELS = 2**20
 # "auto" compiles the network (torch.compile with frozen weights, about 1.6x faster than eager) only
-# for a sample of at least this many tile pixels: the first compilation of a tile shape takes 40-120 s
+# for a job of at least this many tile pixels: the first compilation of a tile shape takes 40-120 s
 # on 2 cores, which eager bfloat16 would have spent on about 100 MP.
 COMPILE_MIN_PIXELS = 2**28
 _WEIGHT_FLOOR = 1e-6  # keeps the weight sum positive where only contaminated pixels exist (tiny tiles)
@@ -167,21 +167,24 @@ class TiledPredictor:
         in raw units. Samples are normalised one at a time, so memory follows one sample, not the stack."""
         return drain(self.steps(canonical, normalization), progress)
 
-    def plan(self, spatial) -> "TilePlan":
-        """The tile grid of an image with ``spatial`` shape: the same for a whole image and for any block
-        of it, which is what makes block-wise (streamed, distributed) results equal whole-image ones."""
+    def plan(self, spatial, samples: int = 1) -> "TilePlan":
+        """The tile grid of an image with ``spatial`` shape (``samples`` of them: frames of a stack): the
+        same for a whole image and for any block of it, which is what makes block-wise (streamed,
+        distributed) results equal whole-image ones."""
         multiples = self.multiples if len(self.multiples) == len(spatial) else (self.multiple,) * len(spatial)
         padded = tuple(_round_up(s, m) for s, m in zip(spatial, multiples))
         tile = self._tile_shape(padded, multiples)
         plans = [self._axis_plan(p, t, m) for p, t, m in zip(padded, tile, multiples)]
         origins = np.stack(np.meshgrid(*[p[0] for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
         window_index = np.stack(np.meshgrid(*[range(len(p[0])) for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
-        return TilePlan(tuple(spatial), padded, tile, origins, window_index, [p[1] for p in plans], self.batch_size)
+        return TilePlan(tuple(spatial), padded, tile, origins, window_index, [p[1] for p in plans], self.batch_size,
+                        samples)
 
     def kernel(self, plan: "TilePlan") -> "InferenceKernel":
-        """How this plan's tiles go through the network. Chosen from the plan (one sample's tile grid),
-        never from a block, so whole-image, streamed and distributed prediction run the same kernel."""
-        work = plan.count * int(np.prod(plan.tile)) * (8 if self.tta else 1)
+        """How this plan's tiles go through the network. Chosen from the plan (the tile grid and the
+        number of samples: the whole job), never from a block, so whole-image, streamed and distributed
+        prediction run the same kernel."""
+        work = plan.samples * plan.count * int(np.prod(plan.tile)) * (8 if self.tta else 1)
         precision = self.precision
         if precision == "auto":
             # N-net's posterior weighs the pixel against its noise model and amplifies bfloat16's
@@ -202,7 +205,7 @@ class TiledPredictor:
         """The same as a generator: yields (tiles done, tiles in all) and returns the result, so a
         worker thread can report progress and be cancelled between batches of tiles."""
         n, c, *spatial = canonical.shape
-        plan = self.plan(spatial)
+        plan = self.plan(spatial, samples=n)
         padded, tile = plan.padded, plan.tile
         total, done = n * plan.count, 0
         outputs = len(self.method.outputs) * c
@@ -389,8 +392,8 @@ def _to_float32(value):
 class TilePlan:
     """Tile origins on the padded image, their blending windows and the fixed batches of tiles."""
 
-    def __init__(self, spatial, padded, tile, origins, window_index, windows, batch_size):
-        self.spatial, self.padded, self.tile = spatial, padded, tile
+    def __init__(self, spatial, padded, tile, origins, window_index, windows, batch_size, samples: int = 1):
+        self.spatial, self.padded, self.tile, self.samples = spatial, padded, tile, samples
         self.origins, self.window_index, self.windows = origins, window_index, windows
         self.batch_size = batch_size
 

@@ -336,7 +336,7 @@ def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: boo
     paths = {name: check_target(p, overwrite) for name, p in targets.items()}
     predictor = denoiser.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device, precision=precision,
                                    compiled=compiled)
-    plan = predictor.plan(layout.spatial_shape)
+    plan = predictor.plan(layout.spatial_shape, samples=layout.n_samples)
     try:
         with ExitStack() as stack:  # any failure (a full disk, Ctrl-C, SIGTERM) removes the outputs
             sinks, block_shape = open_sinks(paths, open_outputs(stack, paths, overwrite), layout, scale, units,
