@@ -17,6 +17,8 @@ from ..core.errors import SelfDenoiseError
 from .common import (LayerPicker, duration, end_worker, notify_error, on_array, on_window_close, rate_text,
                      scrolling, start_job)
 from .plots import LossPlot, NoisePlot, theme_colors
+from .readme_help import methods_link
+from . import settings
 
 CLASSIC, AUTO = "classic", "auto"
 METHOD_TITLES = {
@@ -33,6 +35,10 @@ METHOD_TITLES = {
 METHOD_OPTIONS = ((("n2same",), "lambda_inv", "λ invariance"), (("nnet",), "mixture", "noise mixture K"),
                   (("auto", "n2s", "n2v", "n2v2", "n2same", "nnet", "classic"), "blind_radius", "blind radius"))
 
+
+# The controls remembered between sessions (settings.py): the method, the budget, the advanced options.
+REMEMBERED = ("method_picker", "steps", "minutes", "device_picker", "patch", "batch", "lr", "seed", "depth",
+              "features", "val_fraction", "lambda_inv", "mixture", "blind_radius", "tta")
 
 # What a run is doing, as the status line and ``state_changed`` say it. ACTIVE ones can be paused.
 STATES = ("idle", "starting", "running", "paused", "stopping", "finishing", "predicting", "checking", "cancelled",
@@ -73,6 +79,7 @@ class TrainWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._layer_removed)
         self._layer_changed()
         self._method_changed()
+        self._restore_settings()
         self._set_running(False)
         self.destroyed.connect(_stop_on_close(self))
         # Import the engine now: an import inside the worker would hold the GIL and freeze the GUI.
@@ -83,6 +90,7 @@ class TrainWidget(QWidget):
         colors = theme_colors(self.viewer)
         form = QFormLayout()
         self.image_picker = LayerPicker(self.viewer, ("Image",))
+        self.image_picker.setToolTip("The image layer to denoise (it is never changed: results are new layers)")
         self.axes_edit = QLineEdit()
         self.axes_edit.setToolTip("One letter per dimension: S sample, T time, C channel, Z, Y, X")
         self.axes_message = QLabel()
@@ -95,15 +103,21 @@ class TrainWidget(QWidget):
             self.method_picker.addItem(f"{name}: {title.split(':')[0]}", name)
             self.method_picker.setItemData(self.method_picker.count() - 1, title, Qt.ItemDataRole.ToolTipRole)
         self.method_picker.setCurrentIndex(list(METHOD_TITLES).index(AUTO))
+        self.method_picker.setToolTip("How to denoise: auto races the methods and keeps the best; hover an "
+                                      "item for its paper, or see Which method? below")
         self.method_help = QLabel()
         self.method_help.setWordWrap(True)
+        self.help_link = methods_link(self)
         self.steps = _spin(1, 10_000_000, 2000, "Training steps (batches); the first budget reached ends training")
         self.minutes = _float_spin(0, 100_000, 0, 1, "Stop after this many minutes of training (0: no limit)")
         self.device_picker = QComboBox()
         from ..core.device import available_devices
 
         devices = available_devices()
-        self.device_picker.addItems([f"auto ({devices[0]})"] + devices)
+        for device in ["auto"] + devices:  # the data: what TrainConfig takes (and the settings remember)
+            self.device_picker.addItem(f"auto ({devices[0]})" if device == "auto" else device, device)
+        self.device_picker.setToolTip("Where to train: auto takes a GPU when there is one (only this computer's "
+                                      "devices are listed)")
         self.region_picker = LayerPicker(self.viewer, ("Shapes",), none_label="whole image")
         self.region_picker.setToolTip("Train only inside the rectangles of a Shapes layer (the result "
                                       "covers the whole image)")
@@ -124,12 +138,15 @@ class TrainWidget(QWidget):
         for label, widget in (("image", self.image_picker), ("axes", self.axes_edit), ("", self.axes_message),
                               ("", self.noise_note),
                               ("start from", start_row), ("", self.start_label),
-                              ("method", self.method_picker), ("", self.method_help), ("steps", self.steps),
+                              ("method", self.method_picker), ("", self.method_help), ("", self.help_link),
+                              ("steps", self.steps),
                               ("time limit (min)", self.minutes), ("device", self.device_picker),
                               ("train on", self.region_picker)):
             form.addRow(label, widget)
 
         self.advanced = QCollapsible("Advanced options")
+        self.advanced.findChild(QPushButton).setToolTip("Patch, batch, learning rate, seed, network size and "
+                                                        "the method's own options")
         advanced = QWidget()
         advanced_form = QFormLayout(advanced)
         self.patch = _spin(16, 1024, 64, "Patch edge in Y and X (a multiple of 2**depth)", step=16)
@@ -146,6 +163,7 @@ class TrainWidget(QWidget):
                                   "pixel noise; 1-2 when neighbouring pixels share noise (resampled, demosaiced "
                                   "or binned images: the result then still looks noisy with 0)")
         self.tta = QCheckBox("8x test-time augmentation for the result")
+        self.tta.setToolTip("Average the result over 8 flips and rotations: a little better, 8x slower to denoise")
         self.method_rows = {}
         for label, widget in (("patch", self.patch), ("batch", self.batch), ("learning rate", self.lr),
                               ("seed", self.seed), ("depth", self.depth), ("features", self.features),
@@ -162,6 +180,13 @@ class TrainWidget(QWidget):
         self.pause_button.setCheckable(True)
         self.stop_button = QPushButton("Stop")
         self.save_button = QPushButton("Save model...")
+        self.train_button.setToolTip("Train the method on the layer in the background; the result is added as "
+                                     "a new layer")
+        self.pause_button.setToolTip("Hold training (the time limit waits too); press again to resume")
+        self.stop_button.setToolTip("End training after this step and denoise with the best weights so far "
+                                    "(classic, or the final denoising: cancel)")
+        self.save_button.setToolTip("Save the trained model with its curves (.sdmodel) for Apply model, the "
+                                    "command line and Python")
         self.export_button = QPushButton("Export to bioimage.io...")
         self.export_button.setToolTip("Write the trained model as a BioImage Model Zoo package")
         for button in (self.train_button, self.pause_button, self.stop_button):
@@ -189,7 +214,10 @@ class TrainWidget(QWidget):
 
         self.plots = QTabWidget()  # one plot at a time: a laptop screen has no room for both
         self.plots.addTab(self.loss_plot, "Loss")
+        self.plots.setTabToolTip(0, "Training (running mean) and validation loss against step")
         self.plots.addTab(self.noise_plot, "Noise level")
+        self.plots.setTabToolTip(1, "The noise std against the signal, measured on the result (N-net also "
+                                    "predicts it)")
         self.score_table = QTableWidget(0, 4)
         self.score_table.setHorizontalHeaderLabels(["method", "score (lower is better)", "steps", "status"])
         self.score_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -200,8 +228,8 @@ class TrainWidget(QWidget):
                                     "held-out pixels hidden from it (Noise2Self), on the same pixels for all. "
                                     "It ranks results like the true error, without a clean image")
         self.plots.addTab(self.score_table, "Scores")
-        self.plots.setToolTip("Loss: training (running mean) and validation loss per step. Noise level: the "
-                              "noise std against the signal (measured on the result; N-net also predicts it)")
+        self.plots.setTabToolTip(2, "Each result's self-supervised score (auto: every candidate); lower is "
+                                    "better")
 
         content = QWidget()
         layout = QVBoxLayout(content)
@@ -218,6 +246,29 @@ class TrainWidget(QWidget):
         self.scroll_area = scrolling(content)
         self.scroll_area.setMinimumHeight(260)  # docked with Apply model on 720 px: both stay usable
         outer.addWidget(self.scroll_area)
+
+    # ------------------------------------------------------------------ remembered settings
+    def _remembered(self) -> dict:
+        """The controls whose values come back when the widget reopens, by name."""
+        return {name: getattr(self, name) for name in REMEMBERED}
+
+    def _restore_settings(self) -> None:
+        """The last session's method, budget and advanced options; then every change is saved (debounced:
+        typing a number writes once)."""
+        values = settings.load("train")
+        for name, control in self._remembered().items():
+            if name in values:
+                settings.set_control_value(control, values[name])  # a value that no longer fits stays default
+        self.settings_timer = QTimer(self)
+        self.settings_timer.setSingleShot(True)
+        self.settings_timer.setInterval(300)
+        self.settings_timer.timeout.connect(self.save_settings)
+        for control in self._remembered().values():
+            settings.changed_signal(control).connect(self.settings_timer.start)
+
+    def save_settings(self) -> None:
+        if self.start_from is None:  # a model being fine-tuned imposes its method and network: not a choice
+            settings.save("train", {name: settings.control_value(c) for name, c in self._remembered().items()})
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -336,12 +387,11 @@ class TrainWidget(QWidget):
 
         options = {option: getattr(self, option).value() for owners, option, _ in METHOD_OPTIONS
                    if self.method in owners}
-        device = self.device_picker.currentText()
         return TrainConfig(
             method=self.method, axes=axes, steps=self.steps.value(),
             time_limit=self.minutes.value() * 60 or None, patch=self.patch.value(), batch=self.batch.value(),
             lr=self.lr.value(), seed=self.seed.value(), depth=self.depth.value(), features=self.features.value(),
-            val_fraction=self.val_fraction.value(), device="auto" if device.startswith("auto") else device,
+            val_fraction=self.val_fraction.value(), device=self.device_picker.currentData(),
             curve_every=25, method_options=options,
         )
 
@@ -360,6 +410,8 @@ class TrainWidget(QWidget):
             run.update(step0=self.denoiser.state.step, elapsed0=self.denoiser.state.elapsed,
                        time_limit=self.denoiser.config.time_limit)
         self.loss_plot.clear_data()
+        self.loss_plot.set_note("No loss: classic calibrates filters, it does not train (see Scores and "
+                                "Noise level)" if self.method == CLASSIC else "")
         self.noise_plot.clear_data()
         self.losses = {"step": [], "train": [], "val_step": [], "val": []}
         self.paused = False
