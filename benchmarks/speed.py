@@ -111,7 +111,7 @@ def prediction_speed(shape, axes: str, dims_model: int, tta: bool, device: str, 
     frames = shape[0] if axes == "SYX" else 1
     bare = bare_forward(model.network, shape[1:] if axes == "SYX" else shape, dims_model)
     predictor = model.predictor(tile=tile, batch_size=batch_size, tta=tta, precision=precision, compiled=compiled)
-    kernel = predictor.kernel(predictor.plan(image.shape[-dims_model:]))
+    kernel = predictor.kernel(predictor.plan(image.shape[-dims_model:], samples=frames))
     predict_s, bare_s = [], []
     for _ in range(repeats):
         start = time.perf_counter()
