@@ -6,6 +6,8 @@ axis labels, units) and the source layer itself is never modified.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .core.axes import default_axes
@@ -87,6 +89,13 @@ def result_layer_kwargs(source, output: str, method: str, axes: str, label: str 
     else:
         kwargs.update(colormap="magma")
     return kwargs
+
+
+def beside_source(layer, filename: str) -> str:
+    """Where a save dialog starts: ``filename`` in the folder of the file ``layer`` was read from (where
+    the user keeps that data), else the bare name (the dialog's own folder)."""
+    path = getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
+    return str(Path(path).parent / filename) if path else filename
 
 
 def view_position(layer, viewer) -> list[float]:

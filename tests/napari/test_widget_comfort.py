@@ -134,3 +134,76 @@ def test_the_noise_legend_is_off_the_curves_and_predicted_only_for_nnet(viewer, 
     assert widget.loss_plot.note_text() == ""
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert plot.legend_names() == ["measured (noisy - denoised)", "predicted (N-net)"]
+
+
+# ------------------------------------------------------------------------------------ curve export
+def test_curves_export_as_csv_and_png_from_the_images_folder(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import csv
+
+    import tifffile
+    from qtpy.QtWidgets import QFileDialog
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    tifffile.imwrite(folder / "cells.tif", add_noise(fluorescence_image((96, 96), seed=6), "gaussian", sigma=0.1,
+                                                      seed=6))
+    viewer = make_napari_viewer()
+    viewer.open(folder / "cells.tif", plugin=PLUGIN)
+    widget = dock(viewer)
+    widget.method_picker.setCurrentIndex(widget.method_picker.findData("n2s"))
+    for spin, value in ((widget.steps, 4), (widget.features, 8), (widget.depth, 1), (widget.patch, 32),
+                        (widget.batch, 2)):
+        spin.setValue(value)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    asked = []
+
+    def answer(name, chosen):
+        def dialog(parent, title, start, filters):
+            asked.append(start)
+            return str(folder / name), chosen
+        return dialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", answer("curves.csv", "CSV table (*.csv)"))
+    assert widget.export_curves() == folder / "curves.csv"
+    assert asked[-1] == str(folder / "cells-n2s-curves.csv")  # the image's folder, not the process's
+    with open(folder / "curves.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    steps, losses = widget.loss_plot.data("training")
+    written = [(float(r["x"]), float(r["y"])) for r in rows if r["plot"] == "Loss" and r["curve"] == "training"]
+    assert written == list(zip(map(float, steps), map(float, losses))) and len(written) == 4
+    signal, std = widget.noise_plot.data("measured (noisy - denoised)")
+    noise_rows = [r for r in rows if r["plot"] == "Noise level" and r["curve"] == "measured (noisy - denoised)"]
+    assert len(noise_rows) == len(signal) > 1 and float(noise_rows[0]["y"]) == pytest.approx(std[0])
+
+    widget.plots.setCurrentWidget(widget.noise_plot)
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", answer("noise", "PNG image of the shown plot (*.png)"))
+    assert widget.export_curves() == folder / "noise.png"
+    assert (folder / "noise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", answer("m.sdmodel", ""))
+    widget.save_model()
+    assert asked[-1] == str(folder / "cells-n2s.sdmodel")  # the model is offered beside the image too
+    assert sorted(p.name for p in folder.iterdir()) == ["cells.tif", "curves.csv", "m.sdmodel", "noise.png"]
+
+
+# ---------------------------------------------------------------------------------- before / after
+def test_before_after_shows_input_and_result_side_by_side_and_back(viewer, qtbot, errors):
+    import numpy as np
+
+    viewer.add_image(np.zeros((96, 96), np.float32), name="other")
+    viewer.layers["other"].visible = False
+    widget = dock(viewer)
+    widget.image_picker.setCurrentText("cells")
+    widget.compare_button.setChecked(True)  # nothing trained yet: says so, stays off
+    assert not widget.compare_button.isChecked() and "train first" in errors()[-1]
+    widget.method_picker.setCurrentIndex(widget.method_picker.findData("classic"))
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    result = next(layer for layer in viewer.layers if layer.metadata.get("output") == "denoised")
+    before = {layer.name: layer.visible for layer in viewer.layers}
+    widget.compare_button.setChecked(True)
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    assert grid.enabled and {layer.name for layer in viewer.layers if layer.visible} == {"cells", result.name}
+    assert grid.actual_shape(viewer.layers) == (1, 2)  # the two side by side
+    widget.compare_button.setChecked(False)
+    assert not grid.enabled and {layer.name: layer.visible for layer in viewer.layers} == before

@@ -27,7 +27,7 @@ class LivePlot(pg.PlotWidget):
     def __init__(self, title: str, x_label: str, y_label: str, colors: dict[str, str], parent=None):
         super().__init__(parent=parent, background=colors["background"])
         self.setMinimumHeight(170)
-        self.colors = colors
+        self.colors, self.title = colors, title
         item = self.getPlotItem()
         item.setTitle(title, color=colors["text"], size="10pt")
         for side, label in (("bottom", x_label), ("left", y_label)):
@@ -94,6 +94,12 @@ class LivePlot(pg.PlotWidget):
         x, y = self.curves[name].getData()
         return ([] if x is None else list(x)), ([] if y is None else list(y))
 
+    def rows(self):
+        """Every point of every curve as (plot, curve, x, y): what a CSV export writes."""
+        for name in self.curves:
+            for x, y in zip(*self.data(name)):
+                yield self.title, name, float(x), float(y)
+
     def clear_data(self) -> None:
         for name in self.curves:
             self.pending[name] = ([], [])
@@ -119,6 +125,24 @@ class LivePlot(pg.PlotWidget):
             box.setYRange(centre - least / 2, centre + least / 2, padding=0.1)
         else:
             box.enableAutoRange(axis="y")
+
+
+def write_csv(path, plots) -> None:
+    """The curves of ``plots`` as one CSV table with a header: plot, curve, x, y (one row per point)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(("plot", "curve", "x", "y"))
+        for plot in plots:
+            writer.writerows(plot.rows())
+
+
+def write_png(path, plot) -> None:
+    """The plot as drawn on screen, as a PNG image."""
+    plot.redraw()  # pending data first
+    if not plot.grab().save(str(path), "PNG"):
+        raise OSError(f"cannot write a PNG image to {path}")
 
 
 class LossPlot(LivePlot):

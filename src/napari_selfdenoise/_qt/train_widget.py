@@ -10,13 +10,13 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from superqt import QCollapsible
 
-from .._layers import (check_layer, guessed_axes, network_note, placement, result_layer_kwargs, shape_boxes,
-                       view_position)
+from .._layers import (beside_source, check_layer, guessed_axes, network_note, placement, result_layer_kwargs,
+                       shape_boxes, view_position)
 from ..core.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
 from ..core.errors import SelfDenoiseError
 from .common import (LayerPicker, duration, end_worker, notify_error, on_array, on_window_close, rate_text,
                      scrolling, start_job)
-from .plots import LossPlot, NoisePlot, theme_colors
+from .plots import LossPlot, NoisePlot, theme_colors, write_csv, write_png
 from .readme_help import methods_link
 from . import settings
 
@@ -63,6 +63,8 @@ class TrainWidget(QWidget):
         self.worker = None
         self.axes_fit = False  # the axes fit the chosen layer (set by _validate_axes)
         self.run = None  # what the running job works on: source layer, axes, method, ...
+        self.result_layer = None  # the newest denoised layer (what Before | after compares)
+        self.compared = None  # while Before | after is on: each layer's visibility and the grid before it
         self.first_preview_seconds = None  # from pressing Train to the first preview (benchmark B4)
         self.closed = False
         self.state = self.phase = "idle"
@@ -231,6 +233,20 @@ class TrainWidget(QWidget):
         self.plots.setTabToolTip(2, "Each result's self-supervised score (auto: every candidate); lower is "
                                     "better")
 
+        self.curves_button = QPushButton("Export curves...")
+        self.curves_button.setToolTip("Save the loss and noise-level curves as a CSV table (.csv), or the shown "
+                                      "plot as an image (.png)")
+        self.curves_button.clicked.connect(lambda: self.export_curves())
+        self.compare_button = QPushButton("Before | after")
+        self.compare_button.setCheckable(True)
+        self.compare_button.setToolTip("Show the input and the newest result side by side (napari's grid, one "
+                                       "zoom for both); press again to go back")
+        self.compare_button.toggled.connect(self.show_before_after)
+        curves_row = QHBoxLayout()
+        curves_row.addWidget(self.compare_button)
+        curves_row.addStretch()
+        curves_row.addWidget(self.curves_button)
+
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.addLayout(form)
@@ -240,6 +256,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.plots)
+        layout.addLayout(curves_row)
         layout.addStretch()
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -409,6 +426,7 @@ class TrainWidget(QWidget):
         if self.denoiser is not None:  # fine-tuning continues a model's counters: progress is this run's
             run.update(step0=self.denoiser.state.step, elapsed0=self.denoiser.state.elapsed,
                        time_limit=self.denoiser.config.time_limit)
+        self.compare_button.setChecked(False)  # a new run: back to the user's own view
         self.loss_plot.clear_data()
         self.loss_plot.set_note("No loss: classic calibrates filters, it does not train (see Scores and "
                                 "Noise level)" if self.method == CLASSIC else "")
@@ -538,8 +556,9 @@ class TrainWidget(QWidget):
             return None
         if path is None:
             source = self.run["source"].name if self.run else "model"
-            path, _ = QFileDialog.getSaveFileName(self, "Save model", f"{source}-{self.denoiser.config.method}"
-                                                  ".sdmodel", "Self-denoise model (*.sdmodel)")
+            name = f"{source}-{self.denoiser.config.method}.sdmodel"
+            path, _ = QFileDialog.getSaveFileName(self, "Save model", beside_source(self._source(), name),
+                                                  "Self-denoise model (*.sdmodel)")
             if not path:
                 return None
         from napari.utils.notifications import show_info
@@ -560,8 +579,45 @@ class TrainWidget(QWidget):
             notify_error(SelfDenoiseError("train a model first (the classic method has no model to export)"))
             return None
         source = self.run["source"].name if self.run else "model"
-        return export_to_bioimageio(self, self.denoiser, f"{source}-{self.denoiser.config.method}.zip", path,
-                                    metadata)
+        default = beside_source(self._source(), f"{source}-{self.denoiser.config.method}.zip")
+        return export_to_bioimageio(self, self.denoiser, default, path, metadata)
+
+    def _source(self):
+        """The layer of the last run (where its outputs are best saved), else the chosen one."""
+        return self.run["source"] if self.run is not None else self.image_picker.layer()
+
+    def export_curves(self, path=None):
+        """Write the loss and noise-level curves as a CSV table (a path ending in .csv: every curve of both
+        plots, one row per point), or the shown plot as a PNG image (.png); atomically."""
+        from pathlib import Path
+
+        from napari.utils.notifications import show_info
+
+        from ..core.atomic import atomic_write
+
+        if path is None:
+            source = self._source()
+            method = self.run["method"] if self.run else self.method
+            name = f"{source.name if source is not None else 'training'}-{method}-curves.csv"
+            path, chosen = QFileDialog.getSaveFileName(self, "Export curves", beside_source(source, name),
+                                                       "CSV table (*.csv);;PNG image of the shown plot (*.png)")
+            if not path:
+                return None
+            if Path(path).suffix.lower() not in (".csv", ".png"):
+                path += ".png" if "png" in chosen else ".csv"
+        path = Path(path)
+        shown = self.noise_plot if self.plots.currentWidget() is self.noise_plot else self.loss_plot
+        try:
+            with atomic_write(path) as tmp:
+                if path.suffix.lower() == ".png":
+                    write_png(tmp, shown)
+                else:
+                    write_csv(tmp, (self.loss_plot, self.noise_plot))
+        except OSError as err:
+            notify_error(err)
+            return None
+        show_info(f"Curves saved to {path}")
+        return path
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
@@ -677,8 +733,8 @@ class TrainWidget(QWidget):
         text, warning, method, label = self._result_summary(result)
         # the denoised layer last: on top, selected, not hidden under the noise-std map
         for output in sorted(result.outputs, key=lambda name: name == "denoised"):
-            self.viewer.add_image(result.outputs[output],
-                                  **result_layer_kwargs(source, output, method, run["axes"], label))
+            self.result_layer = self.viewer.add_image(result.outputs[output],
+                                                      **result_layer_kwargs(source, output, method, run["axes"], label))
         self.classic_button.setVisible(warning)
         self.status.setStyleSheet("color: #d4a72c" if warning else "")
         self.progress.setRange(0, 1)
@@ -717,6 +773,29 @@ class TrainWidget(QWidget):
         if verdict is None or verdict.good:
             text += " Save the model to reuse it."
         return text, verdict is not None and not verdict.good, run["method"], f"{method}, {steps} steps, {took}"
+
+    def show_before_after(self, on: bool) -> None:
+        """On: only the last run's input and its newest result shown, side by side in napari's grid. Off:
+        every layer's visibility and the grid as they were."""
+        grid = self.viewer.canvas.grid if hasattr(self.viewer, "canvas") else self.viewer.grid  # napari >= 0.9
+        if on and self.compared is None:
+            pair = (self.run["source"] if self.run else None, self.result_layer)
+            if not all(layer is not None and layer in self.viewer.layers for layer in pair):
+                notify_error(SelfDenoiseError("nothing to compare yet: train first (and keep the input and "
+                                              "result layers)"))
+                self.compare_button.setChecked(False)
+                return
+            self.compared = ({layer: layer.visible for layer in self.viewer.layers}, grid.enabled)
+            for layer in self.viewer.layers:
+                layer.visible = layer in pair
+            grid.enabled = True
+        elif not on and self.compared is not None:
+            visible, grid_was_on = self.compared
+            self.compared = None
+            for layer, shown in visible.items():
+                if layer in self.viewer.layers:
+                    layer.visible = shown
+            grid.enabled = grid_was_on
 
     def use_classic(self) -> None:
         """Denoise the last run's layer with the self-calibrated classical filter (the better result)."""
