@@ -154,14 +154,6 @@ class TiledPredictor:
         overlap = self.overlap if self.overlap is not None else 2 * self.margin + self.blend
         return min(overlap, tile // 2 // multiple * multiple)
 
-    def _axis_plan(self, size: int, tile: int, multiple: int):
-        overlap = self._overlap(tile, multiple)
-        margin = max(0, min(self.margin, (overlap - self.blend) // 2))
-        blend = max(1, overlap - 2 * margin)
-        starts = tile_starts(size, tile, overlap, multiple)
-        windows = [_ramp(tile, margin, blend, s > 0, s + tile < size) for s in starts]
-        return starts, windows
-
     def __call__(self, canonical, normalization, progress: Callable[[int, int], None] | None = None):
         """Predict a canonical array (N, C, [Z,] Y, X) in raw units; returns (N, outputs*C, ...) float32
         in raw units. Samples are normalised one at a time, so memory follows one sample, not the stack."""
@@ -174,11 +166,9 @@ class TiledPredictor:
         multiples = self.multiples if len(self.multiples) == len(spatial) else (self.multiple,) * len(spatial)
         padded = tuple(_round_up(s, m) for s, m in zip(spatial, multiples))
         tile = self._tile_shape(padded, multiples)
-        plans = [self._axis_plan(p, t, m) for p, t, m in zip(padded, tile, multiples)]
-        origins = np.stack(np.meshgrid(*[p[0] for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
-        window_index = np.stack(np.meshgrid(*[range(len(p[0])) for p in plans], indexing="ij"), -1).reshape(-1, len(spatial))
-        return TilePlan(tuple(spatial), padded, tile, origins, window_index, [p[1] for p in plans], self.batch_size,
-                        samples)
+        overlaps = [self._overlap(t, m) for t, m in zip(tile, multiples)]
+        margins = [max(0, min(self.margin, (o - self.blend) // 2)) for o in overlaps]
+        return TilePlan.build(tuple(spatial), padded, tile, overlaps, margins, multiples, self.batch_size, samples)
 
     def kernel(self, plan: "TilePlan") -> "InferenceKernel":
         """How this plan's tiles go through the network. Chosen from the plan (the tile grid and the
@@ -251,15 +241,8 @@ class TiledPredictor:
             if accumulated is None:
                 accumulated = np.zeros((predicted.shape[1], *shape), dtype=np.float32)
                 weights = np.zeros(shape, dtype=np.float32)
-            for j, box, tile_out in zip(chosen, boxes, predicted):
-                inside = _intersect(box, block)
-                if inside is None:
-                    continue
-                source = tuple(slice(lo - b.start, hi - b.start) for (lo, hi), b in zip(inside, box))
-                target = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inside, block))
-                w = plan.weight(j)[source]
-                accumulated[(slice(None), *target)] += tile_out[(slice(None), *source)] * w
-                weights[target] += w
+            for j, tile_out in zip(chosen, predicted):
+                plan.add_tile(j, tile_out, block, accumulated, weights)
         return self._denormalize(accumulated / weights, accumulated.shape[0] // len(self.method.outputs),
                                  normalization)
 
@@ -397,6 +380,20 @@ class TilePlan:
         self.origins, self.window_index, self.windows = origins, window_index, windows
         self.batch_size = batch_size
 
+    @classmethod
+    def build(cls, spatial, padded, tile, overlaps, margins, multiples, batch_size: int, samples: int = 1) -> TilePlan:
+        """The grid over an image of ``spatial`` shape padded to ``padded``: per axis, tiles of ``tile``
+        starting on the grid of ``multiples`` and overlapping by at least ``overlaps``; a tile's weight is
+        zero within ``margins`` of an inner edge (pixels the network sees without their surroundings), then
+        a sin^2 ramp over the rest of the overlap. The native and the foreign predictors both use it."""
+        starts = [tile_starts(p, t, o, m) for p, t, o, m in zip(padded, tile, overlaps, multiples)]
+        windows = [[_ramp(t, margin, max(1, o - 2 * margin), s > 0, s + t < p) for s in axis_starts]
+                   for axis_starts, p, t, o, margin in zip(starts, padded, tile, overlaps, margins)]
+        origins = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(spatial))
+        window_index = np.stack(np.meshgrid(*[range(len(s)) for s in starts], indexing="ij"), -1).reshape(
+            -1, len(spatial))
+        return cls(tuple(spatial), tuple(padded), tuple(tile), origins, window_index, windows, batch_size, samples)
+
     @property
     def count(self) -> int:
         return len(self.origins)
@@ -406,6 +403,19 @@ class TilePlan:
 
     def weight(self, j: int) -> np.ndarray:
         return _outer([self.windows[a][self.window_index[j][a]] for a in range(len(self.tile))])
+
+    def add_tile(self, j: int, tile_out: np.ndarray, block, accumulated: np.ndarray, weights: np.ndarray) -> None:
+        """Add tile ``j``'s output (channels first), times its weight, to the sums of a block (a
+        [start, stop) pair per spatial axis): ``accumulated`` (channels, *block) and ``weights`` (*block)."""
+        box = self.box(j)
+        inside = _intersect(box, block)
+        if inside is None:
+            return
+        source = tuple(slice(lo - b.start, hi - b.start) for (lo, hi), b in zip(inside, box))
+        target = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inside, block))
+        w = self.weight(j)[source]
+        accumulated[(slice(None), *target)] += tile_out[(slice(None), *source)] * w
+        weights[target] += w
 
     def touching(self, block) -> list[int]:
         """Indices of the tiles that overlap ``block`` (a [start, stop) pair per spatial axis)."""

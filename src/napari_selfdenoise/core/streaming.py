@@ -337,18 +337,29 @@ def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: boo
     predictor = denoiser.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device, precision=precision,
                                    compiled=compiled)
     plan = predictor.plan(layout.spatial_shape, samples=layout.n_samples)
+    outputs = denoiser.method.outputs
     try:
-        with ExitStack() as stack:  # any failure (a full disk, Ctrl-C, SIGTERM) removes the outputs
-            sinks, block_shape = open_sinks(paths, open_outputs(stack, paths, overwrite), layout, scale, units,
-                                            block)
-            blocks = block_grid(layout, block_shape)
-            for done, block_ in enumerate(blocks, start=1):
-                results = predict_block(predictor, plan, image, layout, denoiser.normalization, block_,
-                                        denoiser.method.outputs)
-                write_block(sinks, layout, block_, {n: r for n, r in results.items() if n in sinks})
-                release_pages(image)
-                yield done, len(blocks)
-        return list(paths.values())
+        return (yield from write_blocks(
+            paths, image, layout,
+            lambda block_: predict_block(predictor, plan, image, layout, denoiser.normalization, block_, outputs),
+            overwrite=overwrite, scale=scale, units=units, block=block))
     finally:
         if not (denoiser._trainer is not None and denoiser._trainer.running):
             denoiser.network.to("cpu")
+
+
+def write_blocks(paths: dict, image, layout: Layout, predict, *, overwrite: bool = False, scale=None, units=None,
+                 block=None):
+    """A step generator: ``predict(block)`` ({output name: (C, *box) float32}) for every block of
+    ``image``, each written into its output (``paths``: {output name: path checked by ``check_target``});
+    yields (blocks done, blocks) and returns the paths. The outputs get their names when all blocks are
+    in; any failure (a full disk, Ctrl-C, SIGTERM) removes them. ``ForeignModel`` streams through it too."""
+    with ExitStack() as stack:
+        sinks, block_shape = open_sinks(paths, open_outputs(stack, paths, overwrite), layout, scale, units, block)
+        blocks = block_grid(layout, block_shape)
+        for done, block_ in enumerate(blocks, start=1):
+            results = predict(block_)
+            write_block(sinks, layout, block_, {n: r for n, r in results.items() if n in sinks})
+            release_pages(image)
+            yield done, len(blocks)
+    return list(paths.values())
