@@ -207,3 +207,23 @@ def test_before_after_shows_input_and_result_side_by_side_and_back(viewer, qtbot
     assert grid.actual_shape(viewer.layers) == (1, 2)  # the two side by side
     widget.compare_button.setChecked(False)
     assert not grid.enabled and {layer.name: layer.visible for layer in viewer.layers} == before
+
+
+# ------------------------------------------------------------------------------ README screenshots
+def test_the_readme_screenshot_script_runs_in_a_1280x720_window(make_napari_viewer, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from qtpy.QtGui import QImage
+
+    script = Path(__file__).parents[2] / "docs" / "make_screenshots.py"
+    spec = importlib.util.spec_from_file_location("make_screenshots", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    viewer = make_napari_viewer(show=True)
+    shots = module.take_screenshots(viewer, tmp_path, steps=4, minutes=0, small=True)
+    assert [p.name for p in shots] == ["train-during.png", "train-scores.png", "train-compare.png",
+                                       "apply-model.png"]
+    for shot in shots:
+        image = QImage(str(shot))
+        assert (image.width(), image.height()) == (1280, 720), shot.name
