@@ -235,10 +235,10 @@ def test_train_without_method_races_auto_and_info_shows_the_table(tmp_path, meth
                "--out", tmp_path / "m.sdmodel", timeout=400)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("training auto"), proc.stdout
-    winner = re.search(r"^winner: (\S+)$", proc.stdout, re.M).group(1)
+    winner = re.search(r"^winner: (\S+)$", proc.stdout, re.MULTILINE).group(1)
     assert winner in ("classic", "n2s", "n2same")
     for name in ("classic", "n2s", "n2same"):  # the score table: one row each, one winner
-        assert re.search(rf"^  {name} +[\d.e-]+", proc.stdout, re.M), proc.stdout
+        assert re.search(rf"^  {name} +[\d.e-]+", proc.stdout, re.MULTILINE), proc.stdout
     assert proc.stdout.count(", winner") == 1 and "quality estimate: " in proc.stdout
     info = run("info", tmp_path / "m.sdmodel")
     assert info.returncode == 0 and f"winner {winner}" in info.stdout and "quality:" in info.stdout
@@ -335,6 +335,17 @@ def test_train_bad_input(bad, case):
         else []
     proc = run("train", *args, *fast, "--out", "model.sdmodel", cwd=folder)
     assert_clean_failure(proc, folder, before, message)
+
+
+@pytest.mark.parametrize("method", ["nnet", "auto"])
+def test_a_badly_typed_option_is_one_line(bad, method):
+    # Method options are checked against the types of the method's defaults (auto: every candidate's),
+    # before any training: "abc" for nnet's mixture used to end in a ValueError traceback.
+    folder, before = bad
+    proc = run("train", "good.tif", "--method", method, "--option", "mixture=abc", "--steps", "5", "--patch", "32",
+               "--batch", "2", "--out", "model.sdmodel", cwd=folder)
+    last = assert_clean_failure(proc, folder, before, "mixture")
+    assert "whole number" in last and "'abc'" in last
 
 
 def test_train_patch_error_suggests_smaller_patch(bad):

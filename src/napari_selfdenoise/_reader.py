@@ -27,7 +27,8 @@ def get_reader(path):
 
 def read_layers(path):
     """One image layer; big files (over core.io.LAZY_THRESHOLD) come memory-mapped or as dask."""
-    from .core.io import _stem, read_image
+    from .core.io import read_image
+    from .core.outputs import image_stem
 
     path = path[0] if isinstance(path, list) else path
     # Unknown axes (e.g. a bare 3-D TIFF) are guessed from the dimension count, as napari itself
@@ -39,7 +40,7 @@ def read_layers(path):
         if interval is not None:
             scale["T"], units["T"] = interval
     kwargs = {
-        "name": _stem(Path(path)).removesuffix(".ome"),  # 'a.ome.zarr' -> 'a'; TIFFs: _stem did it
+        "name": image_stem(Path(path)).removesuffix(".ome"),  # 'a.ome.zarr' -> 'a'; TIFFs: image_stem did it
         "axis_labels": tuple(image.axes),
         "scale": tuple(scale.get(a, 1.0) for a in image.axes),
         "units": tuple(_napari_unit(units.get(a), "[time]" if a == "T" else "[length]") for a in image.axes),

@@ -10,7 +10,8 @@ import tifffile
 
 from napari_selfdenoise.core import io
 from napari_selfdenoise.core.errors import SelfDenoiseError
-from napari_selfdenoise.core.io import ImageData, output_path_for, read_image, write_image
+from napari_selfdenoise.core.io import ImageData, read_image, write_image
+from napari_selfdenoise.core.outputs import output_path_for
 
 SIZES = {"S": 2, "T": 3, "C": 4, "Z": 5, "Y": 6, "X": 7}
 AXES = ["YX", "ZYX", "TYX", "CYX", "TZCYX", "SYX", "STYX", "SZCYX"]

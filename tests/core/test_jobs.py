@@ -119,7 +119,7 @@ def test_predict_job_on_a_big_lazy_image_streams_into_scratch_zarr(noisy, monkey
 
     model = Denoiser("n2s", "YX", steps=2, **SMALL).fit(noisy)
     stack = da.from_array(np.stack([noisy] * 3), chunks=(1, 64, 64))
-    monkeypatch.setattr(jobs, "FITS_IN_MEMORY", 1000)  # bytes: "too big to hold"
+    monkeypatch.setattr(jobs, "LAZY_THRESHOLD", 1000)  # bytes: "too big to hold"
     messages, result = run(jobs.predict_job(model, stack, "TYX", tile=32))
     assert isinstance(result.outputs["denoised"], da.Array)  # a lazy napari layer, backed by the zarr
     assert messages[-1].done == messages[-1].total

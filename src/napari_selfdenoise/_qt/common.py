@@ -104,9 +104,9 @@ def on_array(data, make_job):
     kept lazy (dask, zarr, memory-map): training then reads patches and prediction streams blocks."""
     import numpy as np
 
-    from ..core.lazy import FITS_IN_MEMORY, as_array, nbytes
+    from ..core.lazy import LAZY_THRESHOLD, as_array, nbytes
 
-    return (yield from make_job(as_array(data) if nbytes(data) > FITS_IN_MEMORY else np.asarray(data)))
+    return (yield from make_job(as_array(data) if nbytes(data) > LAZY_THRESHOLD else np.asarray(data)))
 
 
 def notify_error(err: Exception) -> None:

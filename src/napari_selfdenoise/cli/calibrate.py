@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import plan_output, same_file
+from ..core.outputs import plan_output, plan_outputs, same_file
 from .common import IMAGE_SUFFIXES, check_input, duration, hint_blind_radius, read, say, write_json
 
 
 def cmd_calibrate(args) -> int:
     from ..core.axes import validate_axes
     from ..core.classic import DENOISER_PARAMETERS, calibrate_and_denoise
-    from ..core.io import output_path_for, write_image
+    from ..core.io import write_image
 
     if args.axes:
         validate_axes(args.axes)
@@ -29,8 +29,7 @@ def cmd_calibrate(args) -> int:
     check_input(image, Path(args.input).name)
     if not args.blind_radius:
         hint_blind_radius(image, "--blind-radius 2")
-    target = plan_output(output_path_for(args.input, args.out, 1), inputs=[args.input], overwrite=args.overwrite,
-                         suffixes=IMAGE_SUFFIXES)
+    target, = plan_outputs([args.input], args.out, overwrite=args.overwrite, suffixes=IMAGE_SUFFIXES)
     report = plan_output(args.report, inputs=[args.input], overwrite=args.overwrite, kind="report") \
         if args.report else None
     if report is not None and same_file(report, target):

@@ -19,8 +19,8 @@ def cmd_noise(args) -> int:
         raise SelfDenoiseError("--bins must be a positive integer")
     model = Denoiser.load(args.model, trust_code=args.trust_code)
     image = read(args.input, args.axes, model.config.axes)
-    layout = check_input(image, Path(args.input).name)
-    model._check_compatible(layout)
+    check_input(image, Path(args.input).name)
+    model.check_axes(image.data.shape, image.axes)
     progress = TileProgress(Path(args.input).name, args.quiet)
     try:
         outputs = model.predict_outputs(image.data, image.axes, device=args.device, progress=progress)

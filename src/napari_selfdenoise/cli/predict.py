@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import is_zarr_path, output_folder, plan_output
+from ..core.outputs import is_zarr_path, output_folder, plan_outputs
 from .common import IMAGE_SUFFIXES, check_device, check_input, duration, read, say
 from .progress import TileProgress
 
@@ -17,8 +17,10 @@ _OUTPUT_SUFFIXES = IMAGE_SUFFIXES + (".zarr",)  # predict also streams into OME-
 
 
 def cmd_predict(args) -> int:
+    from ..core.atomic import check_free_space
     from ..core.axes import validate_axes
     from ..core.denoiser import Denoiser
+    from ..core.lazy import LAZY_THRESHOLD, nbytes
 
     if args.axes:
         validate_axes(args.axes)
@@ -46,25 +48,30 @@ def cmd_predict(args) -> int:
     streamed, sizes = [], []
     for path in args.inputs:
         image = read(path, args.axes, model.config.axes, lazy=True, dask=True)
-        layout = check_input(image, Path(path).name)
-        model._check_compatible(layout)
-        streamed.append(_is_big(image.data))
+        check_input(image, Path(path).name)
+        model.check_axes(image.data.shape, image.axes)
+        streamed.append(nbytes(image.data) > LAZY_THRESHOLD)  # too big to read whole: streamed
         sizes.append(math.prod(image.data.shape) * 4)  # float32 outputs shaped like the input
         del image
     extension = ".ome.zarr" if distributed else ".ome.tif"
-    targets = _targets(args.inputs, args.out, "_denoised", args.overwrite, extension, args.model)
-    std_targets = _targets(args.inputs, args.noise_std, "_noise_std", args.overwrite, extension, args.model) \
-        if args.noise_std else [None] * n
+    plan = {"extension": extension, "overwrite": args.overwrite, "also_read": [args.model],
+            "suffixes": _OUTPUT_SUFFIXES}
+    targets = plan_outputs(args.inputs, args.out, **plan)
+    std_targets = plan_outputs(args.inputs, args.noise_std, suffix="_noise_std", **plan) if args.noise_std \
+        else [None] * n
     clash = set(map(str, targets)) & set(map(str, filter(None, std_targets)))
     if clash:
-        raise SelfDenoiseError(f"--out and --noise-std name the same file {sorted(clash)[0]}")
-    streamed = [big or _is_zarr(t) or _is_zarr(s) for big, t, s in zip(streamed, targets, std_targets)]
-    if distributed and not all(_is_zarr(t) for t in targets + std_targets if t is not None):
+        raise SelfDenoiseError(f"--out and --noise-std name the same file {min(clash)}")
+    zarr = [is_zarr_path(t) or (s is not None and is_zarr_path(s)) for t, s in zip(targets, std_targets)]
+    streamed = [big or into_zarr for big, into_zarr in zip(streamed, zarr)]
+    if distributed and not all(is_zarr_path(t) for t in targets + std_targets if t is not None):
         raise SelfDenoiseError("--workers and --dask-scheduler write OME-Zarr: give outputs ending in .ome.zarr")
     for target, stream in zip(targets + std_targets, streamed + streamed):
         if target is not None and (stream or distributed) and target.name.lower().endswith(".npy"):
             raise SelfDenoiseError(f"{target}: big inputs are streamed into .ome.zarr or .ome.tif, not .npy")
-    _check_free_space(targets + std_targets, sizes + sizes)
+    for target, size in zip(targets + std_targets, sizes + sizes):
+        if target is not None and not is_zarr_path(target):  # OME-TIFF and .npy: uncompressed, size known
+            check_free_space(target, size)
 
     started = time.perf_counter()
     with ExitStack() as folders:  # output folders are made now, and removed again if they stay empty
@@ -89,27 +96,6 @@ def _applied_method(model) -> str:
     """The method a model applies: an auto model's winner (the classic filter, or its network's method)."""
     auto = getattr(model, "auto", None)
     return f"{auto.winner}, chosen by auto" if auto is not None else model.config.method
-
-
-def _check_free_space(targets, sizes) -> None:
-    """Before predicting: OME-TIFF and .npy outputs are uncompressed, so the space they need is known."""
-    from ..core.atomic import check_free_space
-
-    for target, size in zip(targets, sizes):
-        if target is not None and not _is_zarr(target):
-            check_free_space(target if target.parent.exists() else target.parent, size)
-
-
-def _is_zarr(path) -> bool:
-    return path is not None and is_zarr_path(path)
-
-
-def _is_big(data) -> bool:
-    """Inputs that are streamed: those too big to be read whole without a thought."""
-    from ..core.io import LAZY_THRESHOLD
-    from ..core.lazy import nbytes
-
-    return nbytes(data) > LAZY_THRESHOLD
 
 
 def _prediction_options(args) -> dict:
@@ -167,33 +153,3 @@ def _predict_distributed(args, model, targets, std_targets) -> None:
             client.close()
     for path, target, std_target in zip(args.inputs, targets, std_targets):
         say(f"{path} -> {target}" + (f" and {std_target}" if std_target is not None else ""))
-
-
-def _targets(inputs, out, suffix: str, overwrite: bool = False, extension: str = ".ome.tif",
-             model=None) -> list[Path]:
-    """Output paths, checked up front (``plan_output``: never an input or the model, an existing output
-    only with ``overwrite``), no two inputs on one file. Several inputs: a folder, made when written."""
-    from ..core.io import output_path_for
-
-    out = Path(out)
-    n = len(inputs)
-    sources = [*inputs, model]
-    if n == 1 and (not out.is_dir() or _is_zarr(out)):
-        return [plan_output(output_path_for(inputs[0], out, 1), inputs=sources, overwrite=overwrite,
-                            suffixes=_OUTPUT_SUFFIXES)]
-    if out.exists() and not out.is_dir():
-        raise SelfDenoiseError(f"{out} is a file; with {n} inputs the output must be a folder")
-    plan_output(out, inputs=sources, folder=True, kind="output folder")
-    targets, seen = [], {}
-    for path in inputs:
-        target = output_path_for(path, out, n, extension, create=False)
-        if suffix != "_denoised":
-            target = target.with_name(target.name.replace(f"_denoised{extension}", f"{suffix}{extension}"))
-        key = str(target.resolve())
-        if key in seen:
-            raise SelfDenoiseError(f"{seen[key]} and {path} would both be written to {target}; rename one")
-        seen[key] = path
-        if out.is_dir():  # else nothing can be there yet
-            plan_output(target, inputs=sources, overwrite=overwrite)
-        targets.append(target)
-    return targets

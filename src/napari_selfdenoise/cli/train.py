@@ -4,19 +4,27 @@ under torchrun)."""
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
 from ..core.outputs import plan_output
-from .common import (check_device, check_input, check_method, duration, hint_blind_radius, load_ours, loss_text,
-                     parse_options, read, say)
+from .common import (
+    check_device,
+    check_input,
+    check_method,
+    duration,
+    hint_blind_radius,
+    load_ours,
+    loss_text,
+    parse_options,
+    read,
+    say,
+)
 from .progress import train_with_progress
 
-
-_TRAIN_DEFAULTS = {"patch": 64, "patch_z": 16, "batch": None, "accumulate": 1, "lr": 4e-4, "depth": 2,
-                   "features": 32, "z_levels": None, "val_fraction": 0.1, "seed": 0, "steps_per_epoch": 100}
-# With --from these come from the model: they decide the network, so they cannot change.
-_FIXED_BY_MODEL = ("depth", "features", "z_levels")
+# Flags that are TrainConfig fields but not set from ``_config_flags``: the command sets these itself.
+_SET_BY_COMMAND = {"method", "axes", "device", "steps", "epochs", "time_limit", "method_options"}
 
 
 def cmd_train(args) -> int:
@@ -28,13 +36,9 @@ def cmd_train(args) -> int:
     from ..core.config import TrainConfig
     from ..core.denoiser import Denoiser
 
-    given = {k: getattr(args, k) for k in _TRAIN_DEFAULTS if getattr(args, k) is not None}
-    start = None
-    if args.start_from:
-        start = _load_start_model(args, given)
-        method = start.config.method
-    else:
-        method = check_method(args.method or "auto", auto=True)
+    given = _config_flags(args, TrainConfig)
+    start = _load_start_model(args) if args.start_from else None
+    method = check_method(args.method or "auto", auto=True) if args.method or start is None else None
     options = parse_options(args.option)
     if args.mixture is not None:
         options["mixture"] = args.mixture
@@ -46,21 +50,19 @@ def cmd_train(args) -> int:
         listed = ", ".join(f"{Path(i.path).name}: {i.axes}" for i in images)
         raise SelfDenoiseError(f"the inputs have different axes ({listed}); train on one kind, or pass --axes")
     axes = images[0].axes
-    budget_args = dict(steps=args.steps, epochs=args.epochs, time_limit=args.time_limit)
+    budget_args = {"steps": args.steps, "epochs": args.epochs, "time_limit": args.time_limit}
     if start is None:
         config = TrainConfig(method=method, axes=axes, device=args.device, method_options=options,
-                             **budget_args, **{**_TRAIN_DEFAULTS, **given})
+                             **budget_args, **given)
         model = Denoiser(config=config)  # checks the method options
-    else:
+    else:  # the engine's rule: what may change, what the network fixes
         model = start
-        model.prepare_fine_tuning(axes, device=args.device, method_options=options, **budget_args, **given)
-        config = model.config
+        model.prepare_fine_tuning(axes, device=args.device, method_options=options, **budget_args, **given,
+                                  **({"method": method} if method else {}))
     device = check_device(args.device)
     for image in images:
-        layout = check_input(image, Path(image.path).name)
-        if start is not None:
-            model._check_compatible(layout)
-        _check_patch_fits(layout, config, Path(image.path).name)
+        check_input(image, Path(image.path).name)
+        model.check_training_image(image.data.shape, image.axes, Path(image.path).name)
 
     from ..core import distributed
 
@@ -69,6 +71,12 @@ def cmd_train(args) -> int:
         return _train_and_save(model, images, out, device, group, args.quiet, args.start_from)
     finally:
         distributed.shutdown()
+
+
+def _config_flags(args, config_class) -> dict:
+    """The TrainConfig fields given as flags (--patch-z -> patch_z), their defaults left to TrainConfig."""
+    return {f.name: getattr(args, f.name) for f in fields(config_class)
+            if f.name not in _SET_BY_COMMAND and getattr(args, f.name, None) is not None}
 
 
 def _train_and_save(model, images, out, device, group, quiet: bool, start_from=None) -> int:
@@ -120,41 +128,11 @@ def _auto_summary(auto) -> str:
     return "\n".join(lines)
 
 
-def _load_start_model(args, given):
-    """The model that ``train --from`` continues, with the options that cannot change checked."""
+def _load_start_model(args):
+    """The model that ``train --from`` continues: one trained with napari-selfdenoise (what may change is
+    the engine's rule: ``Denoiser.prepare_fine_tuning``)."""
     model = load_ours(args.start_from, args.trust_code, "fine-tuned")
     if not getattr(model, "trainable", False):
         raise SelfDenoiseError(f"{args.start_from} is a foreign bioimage.io model (prediction only); only "
                                "models trained with napari-selfdenoise can be fine-tuned")
-    if args.method and args.method != model.config.method:
-        raise SelfDenoiseError(f"{args.start_from} is a {model.config.method} model; fine-tuning keeps its "
-                               f"method (leave out --method {args.method})")
-    for key in _FIXED_BY_MODEL:
-        if key in given and given[key] != getattr(model.config, key):
-            raise SelfDenoiseError(f"--{key} {given[key]} differs from the model's {getattr(model.config, key)}; "
-                                   "fine-tuning keeps the network (leave it out)")
-    if args.mixture is not None and args.mixture != model.architecture.get("mixture", args.mixture):
-        raise SelfDenoiseError("--mixture differs from the model's; fine-tuning keeps the network")
     return model
-
-
-def _check_patch_fits(layout, config, name: str) -> None:
-    shape = dict(zip(layout.axes, layout.shape))
-    multiple = 2**config.depth
-    small = min(shape["Y"], shape["X"])
-    if small < config.patch:
-        fits = small // multiple * multiple
-        hint = (f"use a smaller --patch, e.g. --patch {fits}" if fits >= multiple
-                else f"the image is too small for a depth-{config.depth} network")
-        raise SelfDenoiseError(
-            f"{name} is {shape['Y']}x{shape['X']} pixels (YX), smaller than the patch {config.patch}; {hint}")
-    if "Z" in shape:
-        from ..core.networks import auto_z_levels
-
-        levels = auto_z_levels(shape["Z"], config.depth) if config.z_levels is None else config.z_levels
-        z_multiple = 2**levels
-        if shape["Z"] < z_multiple:
-            fits = max(0, shape["Z"].bit_length() - 1)
-            raise SelfDenoiseError(
-                f"{name} has {shape['Z']} Z planes, fewer than the {z_multiple} that {levels} Z poolings "
-                f"need; use --z-levels {fits} or fewer (or leave it out: automatic)")

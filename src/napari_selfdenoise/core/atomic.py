@@ -111,8 +111,9 @@ def disk_full(path) -> SelfDenoiseError:
 
 def check_free_space(path, needed: int) -> None:
     """Refuse, before writing, an output of ``needed`` bytes that the disk of ``path``'s folder cannot
-    hold (with a margin for the file system's own bookkeeping)."""
-    folder = Path(path).parent
+    hold (with a margin for the file system's own bookkeeping). A folder not made yet (a planned folder
+    of outputs) is measured on the nearest one that exists."""
+    folder = next(p for p in Path(path).absolute().parents if p.exists())
     free = shutil.disk_usage(folder).free
     if free < needed * 1.02 + 1024**2:
         raise SelfDenoiseError(f"not enough free space on {folder}: needs {_size(needed)}, {_size(free)} free")

@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import check_image, check_same_axes_shape
 from .device import resolve_device
 from .errors import ModelFileError, SelfDenoiseError
-from .lazy import FITS_IN_MEMORY, as_array, nbytes
+from .lazy import LAZY_THRESHOLD, as_array, nbytes
 from .methods import get_method, options_from_file
 from .modelfile import (check_architecture, check_finite_weights, flatten_optimizer_state, load_model, model_bytes,
                         save_model, unflatten_optimizer_state)
@@ -55,7 +55,9 @@ class Denoiser:
         if self.method is None:
             from .auto import check_candidates, split_options
 
-            split_options(self.config.method_options, check_candidates(self.config.method_options))
+            per_candidate = split_options(self.config.method_options, check_candidates(self.config.method_options))
+            for name, candidate_options in per_candidate.items():  # checked now, not when the race reaches them
+                get_method(name, candidate_options)
         self.auto: AutoResult | None = None  # what method "auto" chose, and why
         self._race = None
         self.network: torch.nn.Module | None = None
@@ -121,7 +123,10 @@ class Denoiser:
         if self.network is None:
             raise SelfDenoiseError("there is no trained network to fine-tune")
         self.auto = None  # the race's scores and estimate describe the model before fine-tuning
-        for key in ("depth", "features", "method"):
+        if "method" in changes and changes["method"] != self.config.method:
+            raise SelfDenoiseError(f"fine-tuning keeps its method ({self.config.method}); the model cannot "
+                                   f"become {changes['method']}")
+        for key in ("depth", "features", "z_levels"):
             if key in changes and changes[key] != getattr(self.config, key):
                 raise SelfDenoiseError(f"fine-tuning keeps the network: {key} cannot change "
                                        f"(the model has {getattr(self.config, key)})")
@@ -175,6 +180,33 @@ class Denoiser:
         if self.architecture is None:
             raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
         self._check_compatible(make_layout(tuple(shape), axes or self.config.axes))
+
+    def check_training_image(self, shape, axes: str | None = None, name: str = "image") -> None:
+        """Raise a ``SelfDenoiseError`` saying why an image of ``shape`` cannot be trained on with this
+        config (before any data is read): a model that has a network (fine-tuning) must take it
+        (``check_axes``), and the patch and the U-Net's poolings must fit in it."""
+        layout = make_layout(tuple(shape), axes or self.config.axes)
+        if self.architecture is not None:
+            self._check_compatible(layout)
+        config, size = self.config, dict(zip(layout.axes, layout.shape))
+        multiple = 2**config.depth
+        small = min(size["Y"], size["X"])
+        if small < config.patch:
+            fits = small // multiple * multiple
+            hint = (f"use a smaller --patch, e.g. --patch {fits}" if fits >= multiple
+                    else f"the image is too small for a depth-{config.depth} network")
+            raise SelfDenoiseError(
+                f"{name} is {size['Y']}x{size['X']} pixels (YX), smaller than the patch {config.patch}; {hint}")
+        if "Z" in size:
+            if self.architecture is not None:  # the network's own; files without it pool Z at every level
+                levels = self.architecture.get("z_levels", self.architecture["depth"])
+            else:
+                levels = auto_z_levels(size["Z"], config.depth) if config.z_levels is None else config.z_levels
+            if size["Z"] < 2**levels:
+                fits = max(0, size["Z"].bit_length() - 1)
+                raise SelfDenoiseError(
+                    f"{name} has {size['Z']} Z planes, fewer than the {2**levels} that {levels} Z poolings "
+                    f"need; use --z-levels {fits} or fewer (or leave it out: automatic)")
 
     def _check_compatible(self, layout) -> None:
         dims = 3 if layout.is_3d else 2
@@ -428,6 +460,6 @@ def _first_sources(sources):
     fit easily in memory; else the first input's own subsample)."""
     if len(sources) == 1:
         return sources[0]
-    if len({s.shape[1:] for s in sources}) == 1 and sum(nbytes(s) for s in sources[:32]) <= FITS_IN_MEMORY:
+    if len({s.shape[1:] for s in sources}) == 1 and sum(nbytes(s) for s in sources[:32]) <= LAZY_THRESHOLD:
         return np.concatenate([np.asarray(s) for s in sources[:32]])
     return sources[0]

@@ -19,11 +19,11 @@ import tifffile
 from .atomic import atomic_write, check_free_space
 from .axes import default_axes, validate_axes
 from .errors import SelfDenoiseError
-from .outputs import same_file
+from .lazy import LAZY_THRESHOLD
+from .outputs import is_zarr_path
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif / .ome.tiff
 SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff, .npy or .zarr/.ome.zarr"
-LAZY_THRESHOLD = 256 * 1024**2  # bytes; bigger files are memory-mapped when lazy is None
 
 # Other formats, through the optional [io] extra: bioio (with its per-format plugins) or, when only
 # that is installed, its predecessor aicsimageio. Each suffix -> the bioio plugin that reads it.
@@ -90,7 +90,7 @@ def read_image(
     if not p.exists():
         raise SelfDenoiseError(f"file not found: {p}")
     name = p.name.lower()
-    if p.is_dir() and not name.endswith(".zarr"):
+    if p.is_dir() and not is_zarr_path(p):
         raise SelfDenoiseError(f"{p} is a folder, not an image file; pass a {SUPPORTED} file")
     if is_zarr_store(p):
         image = _read_zarr(p, axes, lazy, guess_axes)
@@ -553,38 +553,3 @@ def _ome_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     if new_axes == axes:
         return data, axes
     return np.transpose(data, [axes.index(a) for a in new_axes]), new_axes
-
-
-# ----------------------------------------------------------------------------------- CLI helper
-
-
-def output_path_for(input_path, out, n_inputs: int, extension: str = ".ome.tif", create: bool = True) -> Path:
-    """Where the CLI writes the result for ``input_path``.
-
-    One input and ``out`` not an existing folder (a zarr folder counts as a file): ``out`` is the file.
-    Otherwise ``out`` is a folder (created if missing, unless ``create=False``: the CLI creates it only
-    when it writes) holding '<input stem>_denoised<extension>'.
-    """
-    out = Path(out)
-    if n_inputs == 1 and (not out.is_dir() or out.name.lower().endswith(".zarr")):
-        target = out
-    else:
-        if out.exists() and not out.is_dir():
-            raise SelfDenoiseError(
-                f"{out} is a file; with {n_inputs} inputs the output must be a folder"
-            )
-        if create:
-            out.mkdir(parents=True, exist_ok=True)
-        target = out / f"{_stem(Path(input_path))}_denoised{extension}"
-    if same_file(target, input_path):
-        raise SelfDenoiseError(f"the output {target} would overwrite the input; choose another")
-    return target
-
-
-def _stem(p: Path) -> str:
-    """File name without its image extension ('a.ome.tif' -> 'a')."""
-    name = p.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".ome.zarr", ".zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return p.stem

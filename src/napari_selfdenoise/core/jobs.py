@@ -19,7 +19,7 @@ import numpy as np
 from .axes import make_layout
 from .denoiser import Denoiser
 from .errors import SelfDenoiseError
-from .lazy import FITS_IN_MEMORY, is_lazy, nbytes
+from .lazy import LAZY_THRESHOLD, is_lazy, nbytes
 from .steps import Stage, staged
 
 PREVIEW_SIZE = 256  # preview crop edge in Y and X: cheap enough to predict every few seconds on a CPU
@@ -175,7 +175,7 @@ def predict_any_size(denoiser: Denoiser, image, axes: str | None = None, **optio
     """``predict_steps``, except for a lazy image too big to hold (a dask/zarr napari layer): that is
     streamed block by block into OME-Zarr files in a scratch folder (removed at exit), and the
     outputs come back as dask arrays over them, so a result layer reads only what is shown."""
-    if not (is_lazy(image) and nbytes(image) > FITS_IN_MEMORY):
+    if not (is_lazy(image) and nbytes(image) > LAZY_THRESHOLD):
         return (yield from denoiser.predict_steps(image, axes, **options))
     import atexit
     import shutil

@@ -12,8 +12,12 @@ import mmap
 
 import numpy as np
 
-# Arrays up to this size may be loaded whole where that is simpler (a few hundred MB "fits easily").
-FITS_IN_MEMORY = 512 * 1024**2
+# The one size (bytes) above which an array is not read whole: a file is memory-mapped (or read as dask)
+# when opened (core.io), the CLI streams such an input block by block into its output, the widgets keep
+# such a layer lazy and stream its prediction, and training takes normalisation statistics from a
+# subsample. 256 MB, not the widgets' former 512 MB: it is the limit the CLI and the reader document, and
+# the in-memory path holds float32 outputs of up to 4x the input (uint8) per output besides the input.
+LAZY_THRESHOLD = 256 * 1024**2
 
 
 def is_dask(array) -> bool:

@@ -2,7 +2,9 @@
 
 Never write over an input (not even with ``--overwrite``); an existing output needs ``--overwrite``;
 the output's folder must exist and be writable; a folder of outputs (the demo's, predict's with
-several inputs) is created only when something is written into it.
+several inputs) is created only when something is written into it. ``plan_output`` plans one output,
+``plan_outputs`` one per input (``output_path_for`` names them); ``is_zarr_path`` is the one "is this
+a zarr" rule for names (``io.is_zarr_store`` looks inside a folder that exists).
 """
 
 from __future__ import annotations
@@ -56,6 +58,65 @@ def output_folder(folder) -> Iterator[Path]:
         if created and not any(folder.iterdir()):
             folder.rmdir()
         raise
+
+
+def plan_outputs(inputs, out, *, suffix: str = "_denoised", extension: str = ".ome.tif",
+                 overwrite: bool = False, also_read=(), suffixes=None) -> list[Path]:
+    """One planned output per input (``plan_output`` on each: never an input or one of ``also_read``,
+    an existing one only with ``overwrite``), no two inputs on one file. One input: ``out`` is the file
+    (``suffixes``: its allowed endings), unless it is an existing folder that is not a zarr; else ``out``
+    is a folder, made only when written (``output_folder``), of '<input stem><suffix><extension>'."""
+    out = Path(out)
+    n = len(inputs)
+    sources = [*inputs, *also_read]
+    if n == 1 and (not out.is_dir() or is_zarr_path(out)):
+        return [plan_output(output_path_for(inputs[0], out, 1), inputs=sources, overwrite=overwrite,
+                            suffixes=suffixes)]
+    if out.exists() and not out.is_dir():
+        raise SelfDenoiseError(f"{out} is a file; with {n} inputs the output must be a folder")
+    plan_output(out, inputs=sources, folder=True, kind="output folder")
+    targets, seen = [], {}
+    for path in inputs:
+        target = output_path_for(path, out, n, extension, create=False, suffix=suffix)
+        key = str(target.resolve())
+        if key in seen:
+            raise SelfDenoiseError(f"{seen[key]} and {path} would both be written to {target}; rename one")
+        seen[key] = path
+        if out.is_dir():  # else nothing can be there yet
+            plan_output(target, inputs=sources, overwrite=overwrite)
+        targets.append(target)
+    return targets
+
+
+def output_path_for(input_path, out, n_inputs: int, extension: str = ".ome.tif", create: bool = True,
+                    suffix: str = "_denoised") -> Path:
+    """Where the result for ``input_path`` goes.
+
+    One input and ``out`` not an existing folder (a zarr folder counts as a file): ``out`` is the file.
+    Otherwise ``out`` is a folder (created if missing, unless ``create=False``: the CLI creates it only
+    when it writes) holding '<input stem><suffix><extension>'.
+    """
+    out = Path(out)
+    if n_inputs == 1 and (not out.is_dir() or is_zarr_path(out)):
+        target = out
+    else:
+        if out.exists() and not out.is_dir():
+            raise SelfDenoiseError(f"{out} is a file; with {n_inputs} inputs the output must be a folder")
+        if create:
+            out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{image_stem(Path(input_path))}{suffix}{extension}"
+    if same_file(target, input_path):
+        raise SelfDenoiseError(f"the output {target} would overwrite the input; choose another")
+    return target
+
+
+def image_stem(p: Path) -> str:
+    """File name without its image extension ('a.ome.tif' -> 'a')."""
+    name = p.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return p.stem
 
 
 def same_file(a, b) -> bool:

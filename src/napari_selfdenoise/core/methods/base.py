@@ -44,6 +44,8 @@ class Method:
             raise SelfDenoiseError(
                 f"method {self.name!r} has no option {', '.join(unknown)}; its options are: {known}"
             )
+        for key, value in options.items():
+            _check_option_type(self.name, key, value, self.defaults[key])
         self.options = {**self.defaults, **options}
         if "blind_radius" in self.options:
             self.options["blind_radius"] = check_blind_radius(self.options["blind_radius"])
@@ -73,3 +75,25 @@ class Method:
     def denormalize_output(self, name: str, values, normalization):
         """Bring an output back to the input's units (denoised: offset and scale; stds: scale only)."""
         return normalization.invert(values)
+
+
+def _check_option_type(method: str, key: str, value, default) -> None:
+    """A method option must have its default's type (``defaults`` is the schema): a bool for a bool, a
+    whole number for an int, a number for a float, text for text; a default of None takes anything.
+    Without this a wrong type (``--option mixture=abc``) fails deep inside training, as a traceback."""
+    if default is None:
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+        kind = "a whole number"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "text"
+    else:
+        return
+    if not ok:
+        raise SelfDenoiseError(f"method {method!r} option {key} must be {kind} like its default {default!r} "
+                               f"(got {value!r})")
