@@ -1,6 +1,6 @@
 """Take the README's screenshots of the real widgets in a 1280x720 window (a laptop screen).
 
-Run under Xvfb: `xvfb-run -a -s "-screen 0 1280x720x24" python docs/make_screenshots.py` (about five minutes:
+Run under Xvfb: `xvfb-run -a -s "-screen 0 1280x720x24" python docs/make_screenshots.py` (13 minutes on a busy 2-core machine:
 each run has a time limit, --minutes). On the plugin's 2D sample image, through the Train & Denoise widget, it
 1. calibrates the classic filter, trains N-net and shoots the window while it trains (its noise-level
    plot, the live preview): train-during.png;
