@@ -5,27 +5,28 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import pickle
 import re
 import struct
 import zipfile
-import zlib
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from napari_selfdenoise.cli import main
 from napari_selfdenoise.core import bmz
 from napari_selfdenoise.core.bmz import ForeignModel, export_bmz, is_bmz_package
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import ModelFileError, SelfDenoiseError
+from napari_selfdenoise.core.predictor import Predictor
 from napari_selfdenoise.core.safetorch import check_pickle, read_state_dict
 from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
-TINY = dict(patch=32, patch_z=8, batch=2, features=4, depth=2, steps_per_epoch=3, seed=0, device="cpu")
+TINY = {"patch": 32, "patch_z": 8, "batch": 2, "features": 4, "depth": 2, "steps_per_epoch": 3, "seed": 0,
+        "device": "cpu"}
 
 
 def noisy(shape, seed=0):
@@ -324,6 +325,82 @@ def test_foreign_pytorch_state_dict_of_our_architecture(model2d, package2d, tmp_
     assert np.allclose(Denoiser.load(path).predict(image), model2d.predict(image), atol=1e-2)
 
 
+def written_image(path) -> np.ndarray:
+    """A streamed output read back: OME-Zarr (array "0") or OME-TIFF."""
+    if path.name.endswith(".zarr"):
+        import zarr
+
+        return np.asarray(zarr.open_array(str(path / "0"), mode="r"))
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def test_foreign_model_predicts_a_big_input_block_by_block(model2d, package2d, tmp_path):
+    """Issue 13: a foreign model had no ``predict_to``, so a big input (or an .ome.zarr output) ended in
+    an AttributeError. It streams through the native block machinery, with the one tile grid: every
+    block gets the in-memory values, whatever the tiles and blocks."""
+    path = foreign_copy(package2d, tmp_path / "sd.zip", edit=lambda rdf: rdf["weights"].pop("torchscript"),
+                        drop=("weights_torchscript.pt",))
+    model = Denoiser.load(path)
+    assert isinstance(model, ForeignModel) and isinstance(model, Predictor) and isinstance(model2d, Predictor)
+    stack = np.stack([noisy((96, 88), seed=12), noisy((96, 88), seed=13)])
+    np.save(tmp_path / "big.npy", stack)
+    big = np.load(tmp_path / "big.npy", mmap_mode="r")  # lazy: read a block at a time
+    expected = model.predict(stack, "TYX", tile=48)  # 3 x 3 overlapping tiles per frame
+    assert np.allclose(expected, model2d.predict(stack, "TYX"), atol=0.02 * np.ptp(stack))
+    for out, block in ((tmp_path / "out.ome.zarr", (40, 32)), (tmp_path / "out.ome.tif", None)):
+        assert model.predict_to(big, out, "TYX", tile=48, block=block) == [out]
+        written = written_image(out)
+        assert written.shape == stack.shape and np.array_equal(written, expected)
+
+
+def test_apply_job_streams_a_big_lazy_layer_through_a_foreign_model(package2d, tmp_path, monkeypatch):
+    """The Apply widget's job streams a lazy layer too big to hold (here: over 1 kB) through
+    ``Predictor.predict_to_steps``, foreign models included (it called the native streaming directly)."""
+    import dask.array as da
+
+    from napari_selfdenoise.core import jobs
+
+    path = foreign_copy(package2d, tmp_path / "sd.zip", edit=lambda rdf: rdf["weights"].pop("torchscript"),
+                        drop=("weights_torchscript.pt",))
+    model = Denoiser.load(path)
+    image = noisy((64, 72), seed=15)
+    monkeypatch.setattr(jobs, "LAZY_THRESHOLD", 1024)
+    job = jobs.predict_job(model, da.from_array(image, chunks=32), "YX")
+    while True:
+        try:
+            next(job)
+        except StopIteration as end:
+            result = end.value
+            break
+    assert isinstance(result.outputs["denoised"], da.Array)  # streamed into a scratch OME-Zarr
+    assert np.array_equal(np.asarray(result.outputs["denoised"]), model.predict(image))
+
+
+def test_foreign_model_streaming_refusals_are_one_line(tmp_path):
+    path = _foreign_package(tmp_path / "zmuv.zip", {
+        "preprocessing": [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"]}}]})
+    model = Denoiser.load(path, trust_code=True)
+    image = np.zeros((64, 64), np.float32)
+    with pytest.raises(SelfDenoiseError, match="statistics of the whole image.*must fit in memory"):
+        model.predict_to(image, tmp_path / "out.ome.zarr")
+    with pytest.raises(SelfDenoiseError, match="no noise-std output"):
+        model.predict_to(image, tmp_path / "out.ome.zarr", noise_std=tmp_path / "std.ome.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zmuv.zip"]
+
+
+def test_cli_streams_a_foreign_model_into_ome_zarr(package2d, tmp_path, capsys):
+    """``selfdenoise predict FOREIGN.zip IMAGE --out X.ome.zarr`` takes the streamed path (a traceback before)."""
+    path = foreign_copy(package2d, tmp_path / "sd.zip", edit=lambda rdf: rdf["weights"].pop("torchscript"),
+                        drop=("weights_torchscript.pt",))
+    image = noisy((64, 72), seed=14)
+    np.save(tmp_path / "image.npy", image)
+    out = tmp_path / "denoised.ome.zarr"
+    assert main(["predict", str(path), str(tmp_path / "image.npy"), "--out", str(out), "--quiet"]) == 0
+    assert np.array_equal(written_image(out), Denoiser.load(path).predict(image))
+
+
 def test_foreign_3d_package(package3d, tmp_path):
     model, source = package3d
     loaded = Denoiser.load(foreign_copy(source, tmp_path / "f3d.zip"))
@@ -594,3 +671,25 @@ def test_the_source_never_unpickles():
         code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings may name them
         for banned in ("torch.load(", "pickle.load", "allow_pickle=True", "__import__(", "importlib.import_module("):
             assert banned not in code, f"{path.name} uses {banned}"
+
+
+def test_no_import_cycle_between_bmz_and_the_denoiser():
+    """Issue 17: bmz imported denoiser.py inside functions and denoiser.py imported bmz inside functions
+    (a hidden cycle). Now denoiser.py imports bmz at its top, and nothing under bmz imports denoiser.py."""
+    import ast
+    from pathlib import Path
+
+    from napari_selfdenoise import core
+
+    def imports(path, top_level_only=False):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        nodes = tree.body if top_level_only else ast.walk(tree)
+        return {("." * n.level) + (n.module or "") for n in nodes if isinstance(n, ast.ImportFrom)}
+
+    root = Path(core.__file__).parent
+    for path in (root / "bmz").glob("*.py"):
+        assert not {m for m in imports(path) if m.endswith("denoiser")}, f"bmz/{path.name} imports denoiser.py"
+    denoiser = root / "denoiser.py"
+    assert ".bmz" in imports(denoiser, top_level_only=True)
+    assert {m for m in imports(denoiser) if "bmz" in m} <= imports(denoiser, top_level_only=True)
+

@@ -228,7 +228,7 @@ def test_the_api_refuses_untrusted_code_and_says_how(writes_on_load, canary):
     with pytest.raises(UntrustedCodeError, match=r"trust_code=True.*Mallory Example") as info:
         Denoiser.load(writes_on_load)
     assert "\n" not in str(info.value) and info.value.author == "Mallory Example"
-    described = bmz.load_bmz(writes_on_load, describe_untrusted=True)
+    described = Denoiser.load(writes_on_load, describe_untrusted=True)
     assert described.network is None
     with pytest.raises(UntrustedCodeError, match="not trusted"):
         described.predict(np.zeros((16, 16), np.float32))

@@ -15,13 +15,11 @@ def _z_pooling(arch: dict) -> str:
 
 
 def cmd_info(args) -> int:
-    from ..core.bmz import is_bmz_package, load_bmz
     from ..core.denoiser import Denoiser
 
     # A foreign package is described even when its code is not trusted (its weights are then not loaded).
-    model = load_bmz(args.model, args.trust_code, describe_untrusted=True) if is_bmz_package(args.model) \
-        else Denoiser.load(args.model)
-    if not getattr(model, "trainable", False):
+    model = Denoiser.load(args.model, trust_code=args.trust_code, describe_untrusted=True)
+    if not model.trainable:
         rows = model.describe()
         width = max(len(k) for k, _ in rows)
         for key, value in rows:

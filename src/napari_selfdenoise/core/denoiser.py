@@ -5,9 +5,9 @@ The widget, the CLI and the tests all drive the engine through it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -15,18 +15,28 @@ import torch
 from .. import __version__
 from .auto import AUTO, CLASSIC, AutoResult
 from .axes import make_layout
+from .bmz import ForeignModel, NativeInPackage, export_bmz, is_bmz_package, read_bmz
 from .config import TrainConfig
 from .data import check_image, check_same_axes_shape
 from .device import resolve_device
 from .errors import ModelFileError, SelfDenoiseError
 from .lazy import LAZY_THRESHOLD, as_array, nbytes
 from .methods import get_method, options_from_file
-from .modelfile import (check_architecture, check_finite_weights, flatten_optimizer_state, load_model, model_bytes,
-                        save_model, unflatten_optimizer_state)
+from .modelfile import (
+    check_architecture,
+    check_finite_weights,
+    flatten_optimizer_state,
+    load_model,
+    model_bytes,
+    save_model,
+    unflatten_optimizer_state,
+)
 from .networks import ARCHITECTURE_DEFAULTS, auto_z_levels, build_network
 from .normalize import Normalization
+from .patches import sample_crop
 from .prediction import TiledPredictor
 from .steps import drain
+from .streaming import predict_to_disk
 from .training import ProgressEvent, Trainer, TrainingState
 
 
@@ -108,7 +118,7 @@ class Denoiser:
         self.architecture, self.state, self.sample = winner.architecture, winner.state, winner.sample
         self.auto = result
 
-    def fit(self, images, callback: Callable[[ProgressEvent], None] | None = None) -> "Denoiser":
+    def fit(self, images, callback: Callable[[ProgressEvent], None] | None = None) -> Denoiser:
         for event in self.train(images):
             if callback is not None:
                 callback(event)
@@ -309,14 +319,18 @@ class Denoiser:
         (``.ome.zarr``/``.zarr`` or ``.ome.tif``), with memory bounded whatever its size; ``noise_std``
         names a second file for models with that output. Returns the paths written.
         Options: ``tile``, ``tta``, ``batch_size``, ``device``, ``block`` (see ``streaming``)."""
-        from .streaming import predict_to_disk
+        targets = {"denoised": out, **({"noise_std": noise_std} if noise_std is not None else {})}
+        return drain(self.predict_to_steps(image, targets, axes, overwrite=overwrite, scale=scale, units=units,
+                                           **options), progress)
 
+    def predict_to_steps(self, image, targets: dict, axes: str | None = None, *, overwrite: bool = False,
+                         scale=None, units=None, **options):
+        """``predict_to`` as a generator of (blocks done, blocks); ``targets`` is {output name: path}."""
         if self.auto is not None and self.auto.winner == CLASSIC:
             raise SelfDenoiseError("this auto model applies the classical filter, which works on images in "
                                    "memory only; predict a smaller image, or train with --method n2s")
-        targets = {"denoised": out, **({"noise_std": noise_std} if noise_std is not None else {})}
-        return drain(predict_to_disk(self, image, axes or self.config.axes, targets, overwrite=overwrite,
-                                     scale=scale, units=units, **options), progress)
+        return (yield from predict_to_disk(self, image, axes or self.config.axes, targets, overwrite=overwrite,
+                                           scale=scale, units=units, **options))
 
     # -------------------------------------------------------------- model files
     def save(self, path, include_training_state: bool = True, include_sample: bool = True) -> Path:
@@ -355,28 +369,30 @@ class Denoiser:
 
     def export_bmz(self, path, **metadata) -> Path:
         """Write a bioimage.io model package (a zip; see ``core.bmz.export_bmz`` for the metadata)."""
-        from .bmz import export_bmz
-
         return export_bmz(self, path, **metadata)
 
     @classmethod
-    def load(cls, path, *, trust_code: bool = False):
+    def load(cls, path, *, trust_code: bool = False, describe_untrusted: bool = False) -> Denoiser | ForeignModel:
         """Load a model file (.sdmodel) or a bioimage.io package (.zip).
 
         A package exported by napari-selfdenoise gives the full ``Denoiser`` again (it can go on training);
         a foreign single-input, single-output package gives a prediction-only ``core.bmz.ForeignModel``
-        with the same ``predict``/``predict_outputs``/``check_axes``. A foreign package whose weights are
-        TorchScript is a program written by its author: it is refused (``UntrustedCodeError``) unless
-        ``trust_code=True``, and then runs in a separate, memory-bounded process (``core.sandbox``).
+        (both are ``core.predictor.Predictor``s). A foreign package whose weights are TorchScript is a
+        program written by its author: it is refused (``UntrustedCodeError``) unless ``trust_code=True``,
+        and then runs in a separate, memory-bounded process (``core.sandbox``); with
+        ``describe_untrusted`` it is returned without its weights, for ``describe()`` (``selfdenoise info``).
         """
-        from .bmz import is_bmz_package, load_bmz
-
-        if is_bmz_package(path):
-            return load_bmz(path, trust_code)
-        return cls._from_contents(load_model(path), path)
+        if not is_bmz_package(path):
+            return cls._from_contents(load_model(path), path)
+        found = read_bmz(path, trust_code, describe_untrusted=describe_untrusted)
+        if not isinstance(found, NativeInPackage):
+            return found
+        model = cls._from_contents(found.contents, found.path)
+        model.bmz_metadata = found.metadata
+        return model
 
     @classmethod
-    def _from_contents(cls, contents, path) -> "Denoiser":
+    def _from_contents(cls, contents, path) -> Denoiser:
         """A model from a file's parts (the header was checked by ``modelfile.check_header``); anything
         that still does not fit is one ``ModelFileError``, never another exception type."""
         try:
@@ -391,7 +407,7 @@ class Denoiser:
                                  f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from err
 
     @classmethod
-    def _build_from_contents(cls, contents, path) -> "Denoiser":
+    def _build_from_contents(cls, contents, path) -> Denoiser:
         header = contents.header
         config = TrainConfig.from_dict(header["config"])
         config.method_options = options_from_file(config.method, config.method_options)
@@ -424,24 +440,18 @@ class Denoiser:
         """Whether ``train`` can continue from this model (a foreign bioimage.io model cannot)."""
         return True
 
+    @property
+    def axes(self) -> str:
+        """The axes of the training data: what an image is taken to have when none are given."""
+        return self.config.axes
 
-SAMPLE_EDGE = {2: (128, 128), 3: (16, 64, 64)}
-
-
-def sample_crop(canonical, depth: int) -> np.ndarray:
-    """A centred crop of the first sample, all channels, at most 128x128 (2D) or 16x64x64 (3D) pixels,
-    each edge a multiple of 2**depth (what the network takes), float32 in raw units."""
-    spatial = canonical.shape[2:]
-    multiple = 2**depth
-    edges = [max(multiple, min(limit, size) // multiple * multiple)
-             for limit, size in zip(SAMPLE_EDGE[len(spatial)], spatial)]
-    if any(edge > size for edge, size in zip(edges, spatial)):
-        return None  # smaller than the network's grid: no sample (an export then asks for an image)
-    box = tuple(slice((size - edge) // 2, (size - edge) // 2 + edge) for size, edge in zip(spatial, edges))
-    return np.ascontiguousarray(np.asarray(canonical[(slice(0, 1), slice(None), *box)]), dtype=np.float32)
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The method's outputs (``denoised``, N-net also ``noise_std``)."""
+        return tuple(self.method.outputs) if self.method is not None else ("denoised",)
 
 
-def _check_optimizer_state(model: "Denoiser", path) -> None:
+def _check_optimizer_state(model: Denoiser, path) -> None:
     """The saved Adam moments must belong to this network: one finite tensor of each parameter's shape.
     (A state from a version with other parameter groups is left to the trainer, which starts afresh.)"""
     params = [p for group in model.method.parameter_groups(model.network, 1.0) for p in group["params"]]

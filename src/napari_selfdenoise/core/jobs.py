@@ -11,8 +11,8 @@ adds the live score table to every event (``event.extra["scores"]``, see ``Denoi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .axes import make_layout
 from .denoiser import Denoiser
 from .errors import SelfDenoiseError
 from .lazy import LAZY_THRESHOLD, is_lazy, nbytes
+from .predictor import Predictor
 from .steps import Stage, staged
 
 PREVIEW_SIZE = 256  # preview crop edge in Y and X: cheap enough to predict every few seconds on a CPU
@@ -164,14 +165,14 @@ def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = 
                      extra={"calibration": result, "noise_curve": noise_curve(image, denoised)})
 
 
-def predict_job(denoiser: Denoiser, image: np.ndarray, axes: str | None = None, tta: bool = False,
+def predict_job(denoiser: Predictor, image: np.ndarray, axes: str | None = None, tta: bool = False,
                 tile: int | None = None):
-    """Apply a trained model to a whole image."""
+    """Apply a trained model (ours or a foreign bioimage.io one) to a whole image."""
     outputs = yield from staged("predicting", predict_any_size(denoiser, image, axes, tta=tta, tile=tile))
     return JobResult(outputs)
 
 
-def predict_any_size(denoiser: Denoiser, image, axes: str | None = None, **options):
+def predict_any_size(denoiser: Predictor, image, axes: str | None = None, **options):
     """``predict_steps``, except for a lazy image too big to hold (a dask/zarr napari layer): that is
     streamed block by block into OME-Zarr files in a scratch folder (removed at exit), and the
     outputs come back as dask arrays over them, so a result layer reads only what is shown."""
@@ -184,13 +185,13 @@ def predict_any_size(denoiser: Denoiser, image, axes: str | None = None, **optio
 
     import dask.array as da
 
-    from .streaming import output_axes, predict_to_disk
+    from .streaming import output_axes
 
-    axes = axes or denoiser.config.axes
+    axes = axes or denoiser.axes
     folder = Path(tempfile.mkdtemp(prefix="selfdenoise-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    targets = {name: folder / f"{name}.ome.zarr" for name in denoiser.method.outputs}
-    yield from predict_to_disk(denoiser, image, axes, targets, **options)
+    targets = {name: folder / f"{name}.ome.zarr" for name in denoiser.outputs}
+    yield from denoiser.predict_to_steps(image, targets, axes, **options)
     stored = output_axes(axes, zarr=True)
     return {name: da.from_zarr(str(path / "0")).transpose([stored.index(a) for a in axes])
             for name, path in targets.items()}

@@ -247,3 +247,19 @@ def validation_patch_count(regions, patch_shape) -> int:
     """About one patch per patch-sized area of the validation regions, at least 4, at most 64."""
     area = sum(r.voxels for r in regions)
     return int(np.clip(area // max(1, int(np.prod(patch_shape))), 4, _MAX_VAL_PATCHES))
+
+
+SAMPLE_EDGE = {2: (128, 128), 3: (16, 64, 64)}
+
+
+def sample_crop(canonical, depth: int) -> np.ndarray:
+    """A centred crop of the first sample, all channels, at most 128x128 (2D) or 16x64x64 (3D) pixels,
+    each edge a multiple of 2**depth (what the network takes), float32 in raw units."""
+    spatial = canonical.shape[2:]
+    multiple = 2**depth
+    edges = [max(multiple, min(limit, size) // multiple * multiple)
+             for limit, size in zip(SAMPLE_EDGE[len(spatial)], spatial)]
+    if any(edge > size for edge, size in zip(edges, spatial)):
+        return None  # smaller than the network's grid: no sample (an export then asks for an image)
+    box = tuple(slice((size - edge) // 2, (size - edge) // 2 + edge) for size, edge in zip(spatial, edges))
+    return np.ascontiguousarray(np.asarray(canonical[(slice(0, 1), slice(None), *box)]), dtype=np.float32)

@@ -33,35 +33,36 @@ the sha256 checks), ``tensors`` (axes, sizes and processing steps of a descripti
 """
 
 from .export import (
-                     CITATIONS,
-                     DEFAULT_LICENSE,
-                     FORMAT_VERSION,
-                     INPUT_ID,
-                     OUTPUT_DESCRIPTIONS,
-                     check_metadata,
-                     clean_name,
-                     default_metadata,
-                     default_tags,
-                     export_bmz,
-                     parse_author,
-                     readme,
+    CITATIONS,
+    DEFAULT_LICENSE,
+    FORMAT_VERSION,
+    INPUT_ID,
+    OUTPUT_DESCRIPTIONS,
+    check_metadata,
+    clean_name,
+    default_metadata,
+    default_tags,
+    export_bmz,
+    parse_author,
+    readme,
 )
 from .foreign import ForeignModel
 from .package import (
-                     CONFIG_KEY,
-                     MAX_YAML_NODES,
-                     NATIVE,
-                     RDF,
-                     _Package,
-                     is_bmz_package,
-                     load_bmz,
-                     load_yaml,
-                     rdf_entry,
+    CONFIG_KEY,
+    MAX_YAML_NODES,
+    NATIVE,
+    RDF,
+    NativeInPackage,
+    _Package,
+    is_bmz_package,
+    load_yaml,
+    rdf_entry,
+    read_bmz,
 )
 from .png import cover_png, png_bytes
 from .tensors import MAX_AXIS_SIZE
 
 __all__ = ["CITATIONS", "CONFIG_KEY", "DEFAULT_LICENSE", "FORMAT_VERSION", "INPUT_ID", "MAX_AXIS_SIZE", "MAX_YAML_NODES",
-           "NATIVE", "OUTPUT_DESCRIPTIONS", "RDF", "ForeignModel", "_Package", "check_metadata", "clean_name",
-           "cover_png", "default_metadata", "default_tags", "export_bmz", "is_bmz_package", "load_bmz", "load_yaml",
-           "parse_author", "png_bytes", "rdf_entry", "readme"]
+           "NATIVE", "OUTPUT_DESCRIPTIONS", "RDF", "ForeignModel", "NativeInPackage", "_Package", "check_metadata",
+           "clean_name", "cover_png", "default_metadata", "default_tags", "export_bmz", "is_bmz_package", "load_yaml",
+           "parse_author", "png_bytes", "rdf_entry", "read_bmz", "readme"]

@@ -25,6 +25,7 @@ from ..data import check_image
 from ..errors import SelfDenoiseError
 from ..networks import build_export_network, receptive_radius
 from ..outputs import plan_output
+from ..patches import sample_crop
 from .package import CONFIG_KEY, NATIVE, RDF
 from .png import cover_png
 
@@ -135,12 +136,10 @@ def export_bmz(denoiser, path, *, name: str | None = None, description: str | No
     called with the finished package under its temporary name (the CLI's ``--validate``): if it raises,
     nothing is written.
     """
-    from ..denoiser import sample_crop
-
-    if denoiser.network is None or getattr(denoiser, "architecture", None) is None:
-        raise SelfDenoiseError("nothing to export: the model is not trained yet")
-    if not getattr(denoiser, "trainable", True):
+    if not denoiser.trainable:
         raise SelfDenoiseError("this model came from a foreign bioimage.io package; it is already one")
+    if denoiser.network is None or denoiser.architecture is None:
+        raise SelfDenoiseError("nothing to export: the model is not trained yet")
     path = Path(path)
     _check_target(path)
     defaults = default_metadata(denoiser)

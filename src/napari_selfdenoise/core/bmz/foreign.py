@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -15,14 +14,15 @@ from ..axes import make_layout
 from ..data import check_image
 from ..device import resolve_device
 from ..errors import ModelFileError, SelfDenoiseError, UntrustedCodeError
+from ..lazy import as_array, nbytes
 from ..modelfile import check_architecture, check_finite_weights
 from ..networks import EXPORT_NETWORKS
-from ..prediction import _ramp, check_tile, tile_starts
+from ..prediction import TilePlan, check_tile
 from ..safeonnx import check_onnx, onnx_available
 from ..safetorch import check_torchscript, read_state_dict
 from ..sandbox import ModelProcess
 from ..steps import drain
-from ..training import TrainingState
+from ..streaming import check_target, tile_reader, write_blocks
 from .tensors import apply_step, parse_axes, step_problem
 
 if TYPE_CHECKING:
@@ -38,8 +38,8 @@ class ForeignModel:
     post-processing is applied to the result.
     """
 
-    trainable = False
-    trained = True
+    trainable = False  # a ``core.predictor.Predictor``, not a ``Denoiser``: nothing else of it is there
+    outputs = ("denoised",)
 
     def __init__(self, package: _Package, trust_code: bool = False, *, describe_untrusted: bool = False):
         self.path = package.path
@@ -78,12 +78,22 @@ class ForeignModel:
         out_channel = [a for a in self.out_axes if a.letter == "C"]
         self.out_channels = (out_channel[0].size if out_channel and isinstance(out_channel[0].size, int)
                              and out_channel[0].size else None) if out_channel else 1
-        axes = ("C" if channel and self.in_channels != 1 else "") + "".join(spatial)
-        self.config = SimpleNamespace(axes=axes, method="bioimage.io", device="auto")
-        self.method = SimpleNamespace(title=f"{self.name} (bioimage.io)", outputs=("denoised",), paper="")
+        self._axes = ("C" if channel and self.in_channels != 1 else "") + "".join(spatial)
+        # Read by front ends written before ``Predictor`` (``axes`` and ``outputs`` say the same); a
+        # front end checks ``trainable`` before it uses anything else of a Denoiser.
+        self.config = SimpleNamespace(axes=self._axes, method="bioimage.io", device="auto")
+        self.method = SimpleNamespace(title=f"{self.name} (bioimage.io)", outputs=self.outputs, paper="")
         self.architecture = {"dims": self.dims, "in_channels": self.in_channels or 1, "depth": 0}
-        self.state = TrainingState()
-        self.sample = None
+
+    @property
+    def axes(self) -> str:
+        """The axes an image is taken to have by default: the model's input axes without the batch."""
+        return self._axes
+
+    @property
+    def trained(self) -> bool:
+        """Whether it has weights to run (not so for an untrusted package loaded to be described)."""
+        return self.network is not None or self._child_weights is not None
 
     # ------------------------------------------------------------------ description
     def _check_axes_supported(self, where):
@@ -201,7 +211,7 @@ class ForeignModel:
 
     # ------------------------------------------------------------------ checking
     def check_axes(self, shape, axes: str | None = None) -> None:
-        self._check_compatible(make_layout(tuple(shape), axes or self.config.axes))
+        self._check_compatible(make_layout(tuple(shape), axes or self.axes))
 
     def _check_compatible(self, layout) -> None:
         dims = 3 if layout.is_3d else 2
@@ -217,52 +227,131 @@ class ForeignModel:
             raise SelfDenoiseError(f"this model outputs {self.out_channels} channels; give the image a C axis")
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, image, axes: str | None = None, **kwargs):
-        return self.predict_outputs(image, axes, **kwargs)["denoised"]
+    def predict(self, image, axes: str | None = None, **options) -> np.ndarray:
+        return self.predict_outputs(image, axes, **options)["denoised"]
 
-    def predict_outputs(self, image, axes: str | None = None, *, progress=None, **kwargs):
-        return drain(self.predict_steps(image, axes, **kwargs), progress)
+    def predict_outputs(self, image, axes: str | None = None, *, progress=None, **options) -> dict[str, np.ndarray]:
+        return drain(self.predict_steps(image, axes, **options), progress)
 
-    def predict_steps(self, image, axes: str | None = None, *, tile=None, tta: bool = False, batch_size: int = 1,
-                      device: str | None = None):
-        """Yields (tiles done, total), returns {"denoised": output shaped like the image}. ``tta`` is not
-        available for foreign models (ignored with no effect on the result)."""
-        layout = check_image(image, axes or self.config.axes)
+    def predict_steps(self, image, axes: str | None = None, *, tile=None, device: str | None = None,
+                      **ignored):
+        """Yields (tiles done, total), returns {"denoised": output shaped like the image}. The options of
+        our own networks (``tta``, ``batch_size``, ``precision``, ``compiled``) have no effect here; they
+        are accepted so that a front end passes the same options to every ``Predictor``."""
+        layout = check_image(image, axes or self.axes)
         self._check_compatible(layout)
-        target = resolve_device(device or "auto")
         canonical = layout.to_canonical(image)
-        n = canonical.shape[0]
-        spatial = canonical.shape[2:]
-        tiles = self._tile_shape(spatial, tile)
-        plans = [self._plan(size, t, axis) for size, t, axis in
-                 zip(spatial, tiles, [a for a in self.in_axes if a.letter in "ZYX"])]
-        total, done = n * int(np.prod([len(p[1]) for p in plans])), 0
+        plan = self.plan(layout.spatial_shape, tile)
+        whole = tuple((0, size) for size in layout.spatial_shape)
+        total, done = canonical.shape[0] * plan.count, 0
         results = []
-        with self._runner(target) as run:
-            for i in range(n):
+        with self._runner(resolve_device(device or "auto")) as run:
+            for i in range(canonical.shape[0]):
                 sample = np.asarray(canonical[i], dtype=np.float32)  # (C, [Z,] Y, X)
-                x = self._apply_steps(self._to_model(sample), self.preprocessing, self.in_axes)
-                out = None
-                weights = None
-                for box, window in self._boxes(plans):
-                    piece = run(self._crop(x, box, plans))
-                    self._check_piece(piece, box)
-                    if out is None:
-                        shape = list(piece.shape)
-                        for axis, size in zip(self._spatial_positions(self.out_axes), [p[0] for p in plans]):
-                            shape[axis] = size
-                        out = np.zeros(shape, np.float32)
-                        weights = np.zeros([p[0] for p in plans], np.float32)
-                    self._accumulate(out, weights, piece, box, window)
+                # pre-processing may take statistics of the whole image: applied before it is cut into tiles
+                x = self._pad(self._apply_steps(self._to_tensor(sample, self.in_axes), self.preprocessing,
+                                                self.in_axes), plan.padded)
+                blending = self._blend(run, plan, lambda box, x=x: x[self._tensor_index(box, self.in_axes)], whole)
+                while True:
+                    try:
+                        next(blending)
+                    except StopIteration as end:
+                        results.append(self._postprocess(end.value))
+                        break
                     done += 1
                     yield done, total
-                out = out / self._expand(weights, self.out_axes)
-                out = self._uncrop(out, spatial)
-                out = self._apply_steps(out, self.postprocessing, self.out_axes)
-                results.append(self._from_model(out))
         stacked = np.stack(results)  # (N, C_out, [Z,] Y, X)
-        c_out = stacked.shape[1]
-        return {"denoised": np.ascontiguousarray(layout.from_canonical(stacked, channels=c_out), np.float32)}
+        return {"denoised": np.ascontiguousarray(layout.from_canonical(stacked, channels=stacked.shape[1]),
+                                                 np.float32)}
+
+    def predict_to(self, image, out, axes: str | None = None, *, noise_std=None, overwrite: bool = False,
+                   scale=None, units=None, progress=None, **options) -> list[Path]:
+        """``Denoiser.predict_to`` for this model: ``image`` predicted block by block into ``out``
+        (``.ome.zarr``/``.zarr`` or ``.ome.tif``) with bounded memory. Returns the paths written."""
+        if noise_std is not None:
+            raise SelfDenoiseError(f"{Path(self.path).name} has no noise-std output; only nnet models do")
+        return drain(self.predict_to_steps(image, {"denoised": out}, axes, overwrite=overwrite, scale=scale,
+                                           units=units, **options), progress)
+
+    def predict_to_steps(self, image, targets: dict, axes: str | None = None, *, overwrite: bool = False,
+                         scale=None, units=None, tile=None, device: str | None = None, block=None, **ignored):
+        """``predict_to`` as a generator of (blocks done, blocks), through ``streaming.write_blocks``.
+
+        A block's tiles are pre-processed one by one, so only pixel-wise steps can be streamed; a model
+        whose processing takes statistics of the whole image (``zero_mean_unit_variance``, ``scale_range``)
+        predicts images that fit in memory only (one line says so)."""
+        image = as_array(image)
+        layout = check_image(image, axes or self.axes)
+        self._check_compatible(layout)
+        unknown = set(targets) - set(self.outputs)
+        if unknown:
+            raise SelfDenoiseError(f"{Path(self.path).name} has no {', '.join(sorted(unknown))} output; it has "
+                                   "denoised only")
+        self._check_streamable(layout, nbytes(image))
+        paths = {name: check_target(path, overwrite) for name, path in targets.items()}
+        plan = self.plan(layout.spatial_shape, tile)
+        with self._runner(resolve_device(device or "auto")) as run:
+            def predict(block_):
+                read = tile_reader(image, layout, block_.sample)
+
+                def read_tile(box):
+                    raw = read(box).astype(np.float32, copy=False)
+                    return self._apply_steps(self._to_tensor(raw, self.in_axes), self.preprocessing, self.in_axes)
+
+                return {"denoised": self._postprocess(drain(self._blend(run, plan, read_tile, block_.box)))}
+
+            return (yield from write_blocks(paths, image, layout, predict, overwrite=overwrite, scale=scale,
+                                            units=units, block=block))
+
+    _STATISTICS = frozenset({"zero_mean_unit_variance", "scale_range"})  # need the whole image
+
+    def _check_streamable(self, layout, size: int) -> None:
+        steps = [name for name, kwargs in self.preprocessing + self.postprocessing
+                 if name in self._STATISTICS and kwargs.get("mode") != "fixed"]
+        if steps:
+            raise SelfDenoiseError(f"{Path(self.path).name} normalises with statistics of the whole image "
+                                   f"({steps[0]}), so it cannot predict block by block; this image "
+                                   f"({size / 1e9:.1f} GB) must fit in memory: crop it, or give it as smaller files")
+        if self.out_channels not in (None, layout.channels):
+            raise SelfDenoiseError(f"{Path(self.path).name} makes {self.out_channels} channel(s) from "
+                                   f"{layout.channels}; only models that keep the channel count predict block by "
+                                   "block: predict a smaller image in memory")
+
+    def plan(self, spatial, tile=None) -> TilePlan:
+        """The tile grid (``prediction.TilePlan``, the native predictor's): tiles of sizes the model
+        accepts, overlapping by twice the output halo plus a blending ramp, one tile per call."""
+        tiles = self._tile_shape(spatial, tile)
+        halos = [max([a.halo for a in self.out_axes if a.letter == axis.letter] + [0])
+                 for axis in self.in_axes if axis.letter in "ZYX"]
+        padded = tuple(max(size, t) for size, t in zip(spatial, tiles))
+        overlaps = [min(2 * halo + 16, t // 2) if p > t else 0 for halo, t, p in zip(halos, tiles, padded)]
+        margins = [max(0, min(halo, (overlap - 1) // 2)) for halo, overlap in zip(halos, overlaps)]
+        return TilePlan.build(tuple(spatial), padded, tuple(tiles), overlaps, margins, (1,) * len(tiles),
+                              batch_size=1)
+
+    def _blend(self, run, plan: TilePlan, read_tile, block):
+        """Runs the tiles of ``plan`` that touch ``block`` (model-layout input from ``read_tile(box)``),
+        yielding (tiles done, tiles), and returns their blend (C_out, *block): ``TilePlan.add_tile`` in
+        grid order, so a block's pixels get bit for bit the whole image's values."""
+        shape = tuple(hi - lo for lo, hi in block)
+        accumulated = weights = None
+        tiles = plan.touching(block)
+        for k, j in enumerate(tiles):
+            box = plan.box(j)
+            piece = run(read_tile(box))
+            self._check_piece(piece, box)
+            piece = self._from_tensor(piece, self.out_axes)
+            if accumulated is None:
+                accumulated = np.zeros((piece.shape[0], *shape), np.float32)
+                weights = np.zeros(shape, np.float32)
+            plan.add_tile(j, piece, block, accumulated, weights)
+            yield k + 1, len(tiles)
+        return accumulated / weights
+
+    def _postprocess(self, blended: np.ndarray) -> np.ndarray:
+        """The post-processing (on the model's output layout) of a blended (C_out, *spatial) result."""
+        out = self._apply_steps(self._to_tensor(blended, self.out_axes), self.postprocessing, self.out_axes)
+        return self._from_tensor(out, self.out_axes)
 
     # Tiles: sizes valid for the model (fixed, or min + k * step), overlapping by twice the output halo.
     # Tiles the description may make us allocate (its fixed or minimal sizes): 64 M pixels, 256 MB of float32.
@@ -286,75 +375,57 @@ class ForeignModel:
         size = axis.size
         if isinstance(size, int):
             return size
-        minimum, step = size[:2]  # minimum >= 1, step >= 0 (checked by _checked_sizes)
+        minimum, step = size[:2]  # minimum >= 1, step >= 0 (checked by tensors.checked_sizes)
         if step <= 0 or want <= minimum:
             return minimum
         return minimum + -(-(want - minimum) // step) * step
 
-    def _plan(self, size, tile, axis):
-        halo = max([a.halo for a in self.out_axes if a.letter == axis.letter] + [0])
-        padded = max(size, tile)
-        overlap = min(2 * halo + 16, tile // 2) if padded > tile else 0
-        starts = tile_starts(padded, tile, overlap, 1)
-        margin = max(0, min(halo, (overlap - 1) // 2))
-        windows = [_ramp(tile, margin, max(1, overlap - 2 * margin), s > 0, s + tile < padded) for s in starts]
-        return padded, starts, windows, tile
-
-    def _boxes(self, plans):
-        for index in itertools.product(*[range(len(p[1])) for p in plans]):
-            box = [(p[1][k], p[3]) for p, k in zip(plans, index)]
-            window = [p[2][k] for p, k in zip(plans, index)]
-            yield box, window
-
-    def _spatial_positions(self, axes):
-        return [i for i, a in enumerate(axes) if a.letter in "ZYX"]
-
-    def _to_model(self, sample):
-        """(C, [Z,] Y, X) -> the model's input layout (batch of 1)."""
-        order = "C" + "ZYX"[3 - self.dims:]
-        array = sample
-        letters = list(order)
-        if not any(a.letter == "C" for a in self.in_axes):
+    # ------------------------------------------------------------------ layouts
+    def _to_tensor(self, array: np.ndarray, tensor_axes) -> np.ndarray:
+        """(C, [Z,] Y, X) -> a tensor with ``tensor_axes`` (a batch of 1; C dropped if it has none)."""
+        letters = ["C", *"ZYX"[3 - self.dims:]]
+        if not any(a.letter == "C" for a in tensor_axes):
             array = array[0]
             letters.remove("C")
-        if any(a.letter == "B" for a in self.in_axes):
+        if any(a.letter == "B" for a in tensor_axes):
             array = array[None]
             letters.insert(0, "B")
-        wanted = [a.letter for a in self.in_axes]
-        return np.ascontiguousarray(np.transpose(array, [letters.index(w) for w in wanted]))
+        return np.ascontiguousarray(np.transpose(array, [letters.index(a.letter) for a in tensor_axes]))
 
-    def _from_model(self, out):
-        """The model's output layout -> (C_out, [Z,] Y, X)."""
-        letters = [a.letter for a in self.out_axes]
-        array = out
+    def _from_tensor(self, array: np.ndarray, tensor_axes) -> np.ndarray:
+        """A tensor with ``tensor_axes`` -> (C, [Z,] Y, X) (the first of its batch)."""
+        letters = [a.letter for a in tensor_axes]
         if "B" in letters:
             array = np.take(array, 0, axis=letters.index("B"))
             letters.remove("B")
         if "C" not in letters:
             array = array[None]
             letters.insert(0, "C")
-        order = "C" + "ZYX"[3 - self.dims:]
-        return np.transpose(array, [letters.index(w) for w in order])
+        return np.transpose(array, [letters.index(w) for w in ["C", *"ZYX"[3 - self.dims:]]])
 
-    def _crop(self, x, box, plans):
-        """The tile at ``box`` of the (padded as needed) model-layout input."""
-        positions = self._spatial_positions(self.in_axes)
+    def _tensor_index(self, box, tensor_axes) -> tuple:
+        """The index of a spatial ``box`` (slices) in a tensor with ``tensor_axes``."""
+        spatial = iter(box)
+        return tuple(next(spatial) if a.letter in "ZYX" else slice(None) for a in tensor_axes)
+
+    def _pad(self, x: np.ndarray, padded) -> np.ndarray:
+        """The model-layout input padded at the far ends to the plan's ``padded`` shape (tiles of a fixed
+        size may be larger than the image)."""
         pad = [(0, 0)] * x.ndim
-        for axis, plan in zip(positions, plans):
-            pad[axis] = (0, plan[0] - x.shape[axis])
-        if any(p[1] for p in pad):
-            mode = "reflect" if all(p[1] < x.shape[i] for i, p in enumerate(pad)) else "symmetric"
-            x = np.pad(x, pad, mode=mode)
-        index = [slice(None)] * x.ndim
-        for axis, (start, size) in zip(positions, box):
-            index[axis] = slice(start, start + size)
-        return x[tuple(index)]
+        positions = [i for i, a in enumerate(self.in_axes) if a.letter in "ZYX"]
+        for axis, size in zip(positions, padded):
+            pad[axis] = (0, size - x.shape[axis])
+        if not any(p[1] for p in pad):
+            return x
+        mode = "reflect" if all(p[1] < x.shape[i] for i, p in enumerate(pad)) else "symmetric"
+        return np.pad(x, pad, mode=mode)
 
     def _check_piece(self, piece, box) -> None:
-        positions = self._spatial_positions(self.out_axes)
-        if piece.ndim != len(self.out_axes) or any(piece.shape[p] != size for p, (_, size) in zip(positions, box)):
+        positions = [i for i, a in enumerate(self.out_axes) if a.letter in "ZYX"]
+        sizes = [s.stop - s.start for s in box]
+        if piece.ndim != len(self.out_axes) or any(piece.shape[p] != size for p, size in zip(positions, sizes)):
             raise ModelFileError(f"{self.path}: the model returned an output of shape {tuple(piece.shape)} for a "
-                                 f"tile of {'x'.join(str(size) for _, size in box)} pixels, which its rdf.yaml "
+                                 f"tile of {'x'.join(map(str, sizes))} pixels, which its rdf.yaml "
                                  "does not describe; the package does not work as described")
 
     @contextlib.contextmanager
@@ -388,29 +459,6 @@ class ForeignModel:
             yield run
         finally:
             self.network.to("cpu")
-
-    def _expand(self, weights, axes):
-        shape = [1] * len(axes)
-        for position, size in zip(self._spatial_positions(axes), weights.shape):
-            shape[position] = size
-        return weights.reshape(shape)
-
-    def _accumulate(self, out, weights, piece, box, window):
-        w = window[0]
-        for v in window[1:]:
-            w = np.multiply.outer(w, v)
-        w = w.astype(np.float32)
-        index = [slice(None)] * out.ndim
-        for position, (start, size) in zip(self._spatial_positions(self.out_axes), box):
-            index[position] = slice(start, start + size)
-        out[tuple(index)] += piece * self._expand(w, self.out_axes)
-        weights[tuple(slice(s, s + n) for s, n in box)] += w
-
-    def _uncrop(self, out, spatial):
-        index = [slice(None)] * out.ndim
-        for position, size in zip(self._spatial_positions(self.out_axes), spatial):
-            index[position] = slice(0, size)
-        return out[tuple(index)]
 
     def _apply_steps(self, x, steps, axes):
         x = np.asarray(x, np.float32)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from ..errors import ModelFileError
-from ..modelfile import ZIP_ERRORS, check_zip_file, load_model, open_zip, read_entry, unsafe_name
+from ..modelfile import ZIP_ERRORS, ModelContents, check_zip_file, load_model, open_zip, read_entry, unsafe_name
+from .foreign import ForeignModel
 
 RDF = "rdf.yaml"
 NATIVE = "selfdenoise.sdmodel"
@@ -158,15 +160,22 @@ class _Package:
         self.archive.close()
 
 
-def load_bmz(path, trust_code: bool = False, *, describe_untrusted: bool = False):
-    """A ``Denoiser`` for packages exported by napari-selfdenoise, a ``ForeignModel`` for others.
+@dataclass
+class NativeInPackage:
+    """A package exported by napari-selfdenoise: the attached native model file's parts (``Denoiser.load``
+    builds the full model from them) and the package's metadata."""
+
+    contents: ModelContents
+    metadata: dict
+    path: Path
+
+
+def read_bmz(path, trust_code: bool = False, *, describe_untrusted: bool = False) -> NativeInPackage | ForeignModel:
+    """The native model file in packages exported by napari-selfdenoise, a ``ForeignModel`` for others.
 
     A foreign package whose only runnable weights are TorchScript (code written by its author) raises
     ``UntrustedCodeError`` unless ``trust_code``; with ``describe_untrusted`` it is returned instead,
     described but without weights (``selfdenoise info``)."""
-    from ..denoiser import Denoiser
-    from .foreign import ForeignModel
-
     package = _Package(path)
     try:
         rdf = package.rdf
@@ -184,9 +193,9 @@ def load_bmz(path, trust_code: bool = False, *, describe_untrusted: bool = False
         if ours:
             entry = native[0] if isinstance(native[0], dict) else {"source": native[0]}
             data = package.read(entry["source"], "native model attachment", entry.get("sha256"))
-            model = Denoiser._from_contents(load_model(f"{package.path} ({NATIVE})", data=data), package.path)
-            model.bmz_metadata = {k: rdf.get(k) for k in ("name", "description", "authors", "license", "tags")}
-            return model
+            return NativeInPackage(load_model(f"{package.path} ({NATIVE})", data=data),
+                                   {k: rdf.get(k) for k in ("name", "description", "authors", "license", "tags")},
+                                   package.path)
         return ForeignModel(package, trust_code, describe_untrusted=describe_untrusted)
     finally:
         package.close()
