@@ -19,12 +19,18 @@ import time
 
 import numpy as np
 import torch
+from _common import base_parser, machine, save
 from skimage.io import imread
 
-from _common import base_parser, machine, save
 from napari_selfdenoise import Denoiser
-from napari_selfdenoise.core.auto import (HeldOut, classic_crop, classic_predictor, noise_variance_from_data,
-                                          quality_estimate, shared_noise_of)
+from napari_selfdenoise.core.auto import (
+    HeldOut,
+    classic_crop,
+    classic_predictor,
+    noise_variance_from_data,
+    quality_estimate,
+    shared_noise_of,
+)
 from napari_selfdenoise.core.classic import CalibrationResult, calibrate
 from napari_selfdenoise.core.config import TrainConfig
 from napari_selfdenoise.core.normalize import Normalization
@@ -112,7 +118,7 @@ def part_b(args) -> list[dict]:
         seconds = time.perf_counter() - start
         result = model.auto
         estimate = result.estimate
-        held, clean_crops = held_pair(noisy, clean)
+        _, clean_crops = held_pair(noisy, clean)
         gt_variance = estimate.noise_variance / frames if frames else 0.0
         output = model.predict(noisy)
         peak = estimate.peak

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import torch
+from _common import add_training_arguments, base_parser, machine, psnr, save
 from skimage.io import imread
 
-from _common import add_training_arguments, base_parser, machine, psnr, save
 from napari_selfdenoise import Denoiser
 
 

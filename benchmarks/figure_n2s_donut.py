@@ -131,7 +131,7 @@ def main(argv=None) -> None:
         size = args.size or (128 if args.quick else 256)
         max_radius = args.max_radius if args.max_radius is not None else (5 if args.quick else 8)
         start = time.perf_counter()
-        results = compute(size, args.sigma, list(range(0, max_radius + 1)), args.seed)
+        results = compute(size, args.sigma, list(range(max_radius + 1)), args.seed)
         results["seconds"] = round(time.perf_counter() - start, 1)
         json_path = args.json or DEFAULT_JSON.with_stem(DEFAULT_JSON.stem + ("_quick" if args.quick else ""))
         json_path.parent.mkdir(parents=True, exist_ok=True)

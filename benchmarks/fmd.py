@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import torch
+from _common import add_training_arguments, base_parser, machine, psnr, psnr_affine, save
 from skimage.io import imread
 
-from _common import add_training_arguments, base_parser, machine, psnr, psnr_affine, save
 from napari_selfdenoise import Denoiser
 
 SAMPLES = {"Confocal_FISH_3": "YX", "Confocal_BPAE_R_mito": "YX", "WideField_BPAE_RGB": "YXC"}

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 import torch
-
 from _common import add_training_arguments, base_parser, machine, psnr, save
 from fmd import SAMPLES, load, train_and_predict
+
 from napari_selfdenoise.core.data import check_image
 from napari_selfdenoise.core.networks import UNet
 

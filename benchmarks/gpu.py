@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import REPO, base_parser, machine, psnr, save
 
 PUBLISHED = {"N2V": 27.71, "Noise2Same": 27.95}
@@ -124,8 +123,8 @@ def cuda_tests() -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# B7 GPU ({results['machine'].get('gpu')}, commit {results['machine'].get('commit')}, "
-             f"{results['machine'].get('date')})", "", "| method | batch | AMP | s/step | patches/s | GPU busy | peak GiB |",
+    lines = [(f"# B7 GPU ({results['machine'].get('gpu')}, commit {results['machine'].get('commit')}, "
+              f"{results['machine'].get('date')})"), "", "| method | batch | AMP | s/step | patches/s | GPU busy | peak GiB |",
              "|---|---|---|---|---|---|---|"]
     for r in results.get("training", []):
         lines.append(f"| {r['method']} | {r['batch']} | {'on' if r['amp'] else 'off'} | {r['seconds_per_step']} | "
@@ -136,12 +135,12 @@ def markdown(results: dict) -> str:
                      f"{r['megapixels_per_second']} | {r['peak_memory_gib']} |")
     if "convergence" in results:
         c = results["convergence"]
-        lines += ["", f"B1, default model ({c['method']}, batch {c['batch']}): {c['final_psnr']} dB after "
-                      f"{c['minutes']} min ({c['steps']} steps); within 0.2 dB after {c['minutes_to_within_0.2_db']} "
-                      f"min; published passed at (min): {c['minutes_to_pass_published']}"]
+        lines += ["", (f"B1, default model ({c['method']}, batch {c['batch']}): {c['final_psnr']} dB after "
+                       f"{c['minutes']} min ({c['steps']} steps); within 0.2 dB after {c['minutes_to_within_0.2_db']} "
+                       f"min; published passed at (min): {c['minutes_to_pass_published']}")]
     if "cuda_tests" in results:
-        lines += ["", f"pytest -m cuda: exit {results['cuda_tests']['returncode']}: "
-                      f"{results['cuda_tests']['tail'][-1] if results['cuda_tests']['tail'] else ''}"]
+        lines += ["", (f"pytest -m cuda: exit {results['cuda_tests']['returncode']}: "
+                       f"{results['cuda_tests']['tail'][-1] if results['cuda_tests']['tail'] else ''}")]
     return "\n".join(lines) + "\n"
 
 

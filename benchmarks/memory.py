@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import REPO, base_parser, machine, save
 
 FRAME = (2048, 2048)

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from _common import REPO, add_training_arguments, base_parser, machine, save
 from scipy import ndimage as ndi
 from skimage.io import imread
 
-from _common import REPO, add_training_arguments, base_parser, machine, save
 from napari_selfdenoise import Denoiser
 from napari_selfdenoise.core.methods.nnet import direct_neighbour_mean, mixture_nll
 from napari_selfdenoise.core.noise import noise_curve
@@ -242,7 +242,7 @@ def run_real(args, results):
     for name in args.real.split(","):
         axes = FMD[name]
         noisy = imread(args.data / "FMD_samples" / f"{name}_noisy_raw.png").astype(np.float32)
-        first_row = int(round(noisy.shape[0] * (1 - args.holdout)))
+        first_row = round(noisy.shape[0] * (1 - args.holdout))
         entry = {"axes": axes, "trained_rows": first_row, "heldout_rows": noisy.shape[0] - first_row,
                  "mixtures": {}}
         print(f"{name}: train on rows < {first_row}, score rows >= {first_row}", flush=True)

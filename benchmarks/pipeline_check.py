@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from _common import base_parser, machine, psnr, save
 from bsd68 import load
+
 from napari_selfdenoise import Denoiser
 
 

@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 import torch
+from _common import add_training_arguments, base_parser, machine, psnr, save
 from scipy import ndimage as ndi
 from skimage.io import imread
 
-from _common import add_training_arguments, base_parser, machine, psnr, save
 from napari_selfdenoise import Denoiser
 from napari_selfdenoise.core import synthetic
 

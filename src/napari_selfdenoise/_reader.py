@@ -60,7 +60,7 @@ def _napari_unit(unit: str | None, dimension: str = "[length]") -> str:
 
         parsed = pint.get_application_registry().parse_expression(unit)
         return unit if parsed.check(dimension) else "pixel"
-    except Exception:
+    except Exception:  # noqa: BLE001 -- pint raises many kinds on unknown units: then it is a pixel
         return "pixel"
 
 
@@ -87,5 +87,5 @@ def _frame_interval(path) -> tuple[float, str] | None:
                 return None
         unit = {"sec": "s", "second": "s", "seconds": "s", "min": "minute", "msec": "ms"}.get(str(unit), str(unit))
         return (float(value), unit) if value is not None and float(value) > 0 else None
-    except Exception:  # metadata is optional: a broken tag must not make the image unreadable
+    except Exception:  # noqa: BLE001 -- metadata is optional: a broken tag must not make the image unreadable
         return None

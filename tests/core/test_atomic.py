@@ -47,14 +47,13 @@ def test_a_folder_replaces_an_existing_one_only_when_complete(tmp_path):
 def test_any_failure_removes_the_temporary_output_and_keeps_the_old_one(tmp_path, error, kind):
     target = tmp_path / "out"
     target.write_text("old") if kind == "file" else target.mkdir()
-    with pytest.raises(type(error)):
-        with atomic_write(target) as tmp:
-            if kind == "file":
-                tmp.write_text("half")
-            else:
-                (tmp / "sub").mkdir(parents=True)
-                (tmp / "sub" / "chunk").write_text("half")
-            raise error
+    with pytest.raises(type(error)), atomic_write(target) as tmp:
+        if kind == "file":
+            tmp.write_text("half")
+        else:
+            (tmp / "sub").mkdir(parents=True)
+            (tmp / "sub" / "chunk").write_text("half")
+        raise error
     assert _names(tmp_path) == ["out"]
     assert target.read_text() == "old" if kind == "file" else _names(target) == []
 
@@ -62,19 +61,18 @@ def test_any_failure_removes_the_temporary_output_and_keeps_the_old_one(tmp_path
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
                                    OSError("1048576 requested and 511944 written")], ids=["ENOSPC", "short write"])
 def test_a_full_disk_is_one_message(tmp_path, error):
-    with pytest.raises(SelfDenoiseError, match=r"the disk is full while writing .*out.tif; free space and try again"):
-        with atomic_write(tmp_path / "out.tif") as tmp:
-            tmp.write_bytes(b"half")
-            raise error
+    with pytest.raises(SelfDenoiseError, match=r"the disk is full while writing .*out.tif; free space and try again"), \
+            atomic_write(tmp_path / "out.tif") as tmp:
+        tmp.write_bytes(b"half")
+        raise error
     assert _names(tmp_path) == []
 
 
 def test_an_existing_output_is_kept_without_overwrite(tmp_path):
     target = tmp_path / "out"
     target.write_text("old")
-    with pytest.raises(SelfDenoiseError, match="exists"):
-        with atomic_write(target, overwrite=False) as tmp:
-            tmp.write_text("new")
+    with pytest.raises(SelfDenoiseError, match="exists"), atomic_write(target, overwrite=False) as tmp:
+        tmp.write_text("new")
     assert target.read_text() == "old" and _names(tmp_path) == ["out"]
 
 
@@ -90,10 +88,9 @@ def test_free_space_is_checked_with_sizes_people_read(tmp_path, monkeypatch):
 
 def test_interrupts_are_held_until_the_write_is_done():
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_deferred():
-            signal.raise_signal(signal.SIGINT)
-            done.append("the write finished")
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        signal.raise_signal(signal.SIGINT)
+        done.append("the write finished")
     assert done == ["the write finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -117,12 +114,10 @@ def test_plan_output_refuses_an_input_even_with_overwrite(tmp_path):
 
 
 def test_an_output_folder_made_for_nothing_is_removed(tmp_path):
-    with pytest.raises(RuntimeError):
-        with output_folder(tmp_path / "results"):
-            raise RuntimeError("the first input failed")
+    with pytest.raises(RuntimeError), output_folder(tmp_path / "results"):
+        raise RuntimeError("the first input failed")
     assert _names(tmp_path) == []
-    with pytest.raises(RuntimeError):
-        with output_folder(tmp_path / "results") as folder:
-            (folder / "a_denoised.ome.tif").write_text("complete")
-            raise RuntimeError("the second input failed")
+    with pytest.raises(RuntimeError), output_folder(tmp_path / "results") as folder:
+        (folder / "a_denoised.ome.tif").write_text("complete")
+        raise RuntimeError("the second input failed")
     assert _names(tmp_path / "results") == ["a_denoised.ome.tif"]  # finished outputs stay

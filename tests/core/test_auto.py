@@ -9,9 +9,19 @@ import pytest
 import torch
 
 from napari_selfdenoise.core import auto, jobs
-from napari_selfdenoise.core.auto import (CLASSIC, Evaluation, HeldOut, classic_predictor, clearly_worse,
-                                          noise_variance_from_data, quality_estimate, rung_fractions, rung_steps,
-                                          shared_noise_of, split_options)
+from napari_selfdenoise.core.auto import (
+    CLASSIC,
+    Evaluation,
+    HeldOut,
+    classic_predictor,
+    clearly_worse,
+    noise_variance_from_data,
+    quality_estimate,
+    rung_fractions,
+    rung_steps,
+    shared_noise_of,
+    split_options,
+)
 from napari_selfdenoise.core.classic import CalibrationResult
 from napari_selfdenoise.core.config import TrainConfig
 from napari_selfdenoise.core.denoiser import Denoiser

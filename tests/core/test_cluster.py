@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from napari_selfdenoise.cli import main as cli_main
-from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.cluster import FileJob, predict_files
+from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import SelfDenoiseError
 from napari_selfdenoise.core.io import read_image, write_image
 from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image

@@ -11,8 +11,12 @@ import torch
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import SelfDenoiseError
 from napari_selfdenoise.core.methods import get_method, method_names
-from napari_selfdenoise.core.methods.masking import (grid_mask, replace_with_neighbour_median,
-                                                     replace_with_random_neighbour, stratified_mask)
+from napari_selfdenoise.core.methods.masking import (
+    grid_mask,
+    replace_with_neighbour_median,
+    replace_with_random_neighbour,
+    stratified_mask,
+)
 from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 METHODS = method_names(include_classic=False)

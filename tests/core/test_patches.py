@@ -43,7 +43,7 @@ def test_patches_are_augmented_crops_of_the_training_region(shape, patch):
     assert batch.shape == (200, shape[1], *patch) and batch.dtype == np.float32 and batch.flags.c_contiguous
     seen = set()
     for item in batch:
-        sample, start, matches = _locate(source, item, patch)
+        _, start, matches = _locate(source, item, patch)
         assert matches, "not a rotated/flipped crop"
         assert all(0 <= a <= n - p for a, n, p in zip(start, shape[2:], patch))
         seen.update(matches)

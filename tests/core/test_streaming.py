@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import warnings
 
 import dask.array as da
 import numpy as np

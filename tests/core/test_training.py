@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -123,7 +124,7 @@ def test_steps_budget_and_event_fields(image):
     assert all(e.max_steps == 5 for e in events)
     assert [e.fraction for e in events] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert all(np.isfinite(e.train_loss) and e.lr > 0 and e.patches_per_second > 0 for e in events)
-    assert all(a.elapsed <= b.elapsed for a, b in zip(events, events[1:]))
+    assert all(a.elapsed <= b.elapsed for a, b in itertools.pairwise(events))
 
 
 # ---------------------------------------------------------------------- determinism, history

@@ -79,7 +79,7 @@ def test_tzyx_time_points_are_samples_of_one_3d_model():
 
 
 def test_zyx_stack_as_tyx_frames_gets_a_2d_model():
-    clean, noisy = coarse_volume(5)
+    _, noisy = coarse_volume(5)
     model = Denoiser("n2s", "TYX", **TINY)
     model.fit(noisy)
     assert model.architecture["dims"] == 2

@@ -283,7 +283,7 @@ def test_method_options_show_for_their_methods_and_reach_the_config(viewer):
     widget = train_widget(viewer)
     widget.blind_radius.setValue(2)
     widget.mixture.setValue(2)
-    shown = lambda label: not widget.method_rows[label][1].isHidden()  # noqa: E731
+    shown = lambda label: not widget.method_rows[label][1].isHidden()
     for method, expected in (("n2s", {"blind_radius": 2}), ("n2v2", {"blind_radius": 2}),
                              ("nnet", {"blind_radius": 2, "mixture": 2}),
                              ("n2same", {"blind_radius": 2, "lambda_inv": 2.0})):

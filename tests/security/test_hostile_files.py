@@ -65,7 +65,8 @@ def limited_run(args, cwd=None) -> tuple[subprocess.CompletedProcess, int]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(os.devnull, "rb") as stdin:
         process = subprocess.Popen([sys.executable, *map(str, args)], stdin=stdin, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, cwd=cwd, env=env, preexec_fn=cap, text=True)
+                                   stderr=subprocess.PIPE, cwd=cwd, env=env,
+                                   preexec_fn=cap, text=True)  # noqa: PLW1509 -- it only sets the child's rlimits
         stdout, stderr = process.communicate(timeout=600)
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr), _peak_rss_of_last_child()
 
@@ -281,7 +282,7 @@ def _nan_weights(source):
 
     with zipfile.ZipFile(source) as archive:
         weights = load(archive.read("weights.safetensors"))
-    key = sorted(weights)[0]
+    key = min(weights)
     weights[key] = weights[key].clone()
     weights[key].view(-1)[0] = float("nan")
     return {"weights.safetensors": save(weights)}
@@ -335,7 +336,7 @@ def test_optimizer_moments_of_another_shape_are_refused(model_file, tmp_path):
 
     with zipfile.ZipFile(model_file) as archive:
         moments = load(archive.read("training.safetensors"))
-    key = sorted(moments)[0]
+    key = min(moments)
     moments[key] = torch.zeros(3)
     path = edit_model(model_file, tmp_path / "moments.sdmodel", replace={"training.safetensors": save(moments)})
     with pytest.raises(ModelFileError, match="optimizer"):
@@ -715,8 +716,8 @@ def test_fuzzed_headers_and_descriptions_raise_only_our_errors(model_file, packa
         mutated = json.loads(json.dumps(header))
         for _ in range(rng.randint(1, 3)):
             _replace(mutated, rng.choice(paths), _random_value(rng))
-        path = edit_model(model_file, tmp_path / "fuzz.sdmodel",
-                          lambda h, text=json.dumps(mutated): text)
+        text = json.dumps(mutated)
+        path = edit_model(model_file, tmp_path / "fuzz.sdmodel", lambda h, text=text: text)
         key = _outcome(path, image)
         outcomes[key] = outcomes.get(key, 0) + 1
     rdf = yaml.safe_load(zipfile.ZipFile(foreign(package, tmp_path / "base.zip")).read("rdf.yaml"))

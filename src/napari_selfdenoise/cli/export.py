@@ -39,7 +39,7 @@ def cmd_export(args) -> int:
 
 def _bioimageio_core():
     try:
-        import bioimageio.core  # noqa: F401
+        import bioimageio.core
     except ImportError as err:
         raise SelfDenoiseError("--validate needs bioimageio.core: pip install \"napari-selfdenoise[bmz]\"") from err
     return bioimageio.core

@@ -86,7 +86,7 @@ class CandidateScore:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CandidateScore":
+    def from_dict(cls, data: dict) -> CandidateScore:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -113,7 +113,7 @@ class QualityEstimate:
                 for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "QualityEstimate":
+    def from_dict(cls, data: dict) -> QualityEstimate:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -145,7 +145,7 @@ class AutoResult:
                 "notes": list(self.notes)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AutoResult":
+    def from_dict(cls, data: dict) -> AutoResult:
         estimate = data.get("estimate")
         return cls(str(data["winner"]), [CandidateScore.from_dict(s) for s in data.get("scores", [])],
                    QualityEstimate.from_dict(estimate) if estimate else None, data.get("classic"),
@@ -296,7 +296,7 @@ class HeldOut:
 
         return hide_blind_spots(crop, mask, self.blind_radius, replace_with_donut_mean)
 
-    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray]) -> "Evaluation":
+    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray]) -> Evaluation:
         """Score ``predict`` (raw (P, C, ...) hidden crops -> raw denoised, same shape): per crop, the
         squared error map of its J-invariant prediction at every scored pixel, and the prediction."""
         errors, predictions = [], []

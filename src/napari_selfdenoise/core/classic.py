@@ -53,7 +53,7 @@ DenoiseFn = Callable[[np.ndarray], np.ndarray]
 
 
 def _footprint(ndim: int, radius: float, hollow: bool) -> np.ndarray:
-    r = int(round(radius))
+    r = int(round(radius))  # noqa: RUF046 -- numpy < 2 rounds its floats to floats
     if r < 1:
         raise SelfDenoiseError(f"a median radius must be at least 1 pixel, not {radius}")
     fp = (disk(r) if ndim == 2 else ball(r)).astype(bool)
@@ -112,7 +112,7 @@ def _starlet(x: np.ndarray):
     yield coarse
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _starlet_gains(ndim: int) -> tuple[float, ...]:
     """Standard deviation of each detail plane for unit white noise (the impulse-response norm)."""
     size = 8 * 2**_WAVELET_LEVELS + 1
@@ -294,7 +294,7 @@ class CalibrationResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CalibrationResult":
+    def from_dict(cls, data: dict) -> CalibrationResult:
         losses = {k: [(float(p), float(v)) for p, v in c] for k, c in data["losses"].items()}
         return cls(
             str(data["denoiser"]), str(data["parameter_name"]), float(data["parameter"]), losses

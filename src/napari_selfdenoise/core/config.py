@@ -120,7 +120,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         if not isinstance(data, dict):
             raise SelfDenoiseError("a training configuration must be a mapping of names to values")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -60,8 +60,8 @@ def init_from_env(device: str = "auto") -> Group:
         return current()
     if not torch.distributed.is_available():
         raise SelfDenoiseError("this PyTorch build has no torch.distributed; train in one process")
-    target = training_device(device, Group(int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]),
-                                           int(os.environ.get("LOCAL_RANK", 0))))
+    target = training_device(device, Group(int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"]),
+                                           int(os.environ.get("LOCAL_RANK", "0"))))
     if target.type == "cuda":
         torch.cuda.set_device(target)
     torch.distributed.init_process_group("nccl" if target.type == "cuda" else "gloo")

@@ -144,7 +144,7 @@ def _read_tiff(p: Path, axes: str | None, lazy: bool, guess: bool, dask: bool) -
             scale, units = _scale_from_tiff(tif)
     except (SelfDenoiseError, MemoryError):
         raise
-    except Exception as exc:  # tifffile raises many kinds on corrupt files; none should escape raw
+    except Exception as exc:  # noqa: BLE001 -- tifffile raises many kinds on corrupt files; none should escape raw
         raise SelfDenoiseError(f"cannot read {p} as TIFF: {exc}") from None
     scale = {a: v for a, v in scale.items() if a in axes}
     units = {a: u for a, u in units.items() if a in scale}
@@ -237,7 +237,7 @@ def _read_page(path: str, index: int) -> np.ndarray:
             return tif.pages[index].asarray()
     except MemoryError:
         raise
-    except Exception as exc:  # read later than read_image (dask): still one line naming the file
+    except Exception as exc:  # noqa: BLE001 -- read later than read_image (dask): still one line naming the file
         raise SelfDenoiseError(f"cannot read page {index} of {path}: {exc}; the file is damaged or was "
                                "changed while being read") from None
 
@@ -263,7 +263,7 @@ def _scale_from_tiff(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str
             return _scale_from_ome(tif.ome_metadata)
         if tif.is_imagej and tif.imagej_metadata is not None:
             return _scale_from_imagej(tif)
-    except Exception:  # metadata is optional; a broken tag must not make the image unreadable
+    except Exception:  # noqa: BLE001, S110 -- metadata is optional; a broken tag must not make the image unreadable
         pass
     return {}, {}
 
@@ -329,7 +329,7 @@ def _read_zarr(p: Path, axes: str | None, lazy: bool | None, guess: bool) -> Ima
         stored, total = array.nchunks_initialized, array.nchunks
     except SelfDenoiseError:
         raise
-    except Exception as exc:  # zarr and its codecs raise many kinds on broken stores
+    except Exception as exc:  # noqa: BLE001 -- zarr and its codecs raise many kinds on broken stores
         raise SelfDenoiseError(f"cannot read {p} as zarr: {exc}") from None
     if stored < total:
         warnings.warn(f"{p}: {total - stored} of {total} chunks are not stored; they read as the fill value "
@@ -361,7 +361,7 @@ class _CheckedChunks:
             return self.array[index]
         except MemoryError:
             raise
-        except Exception as exc:  # zlib.error, blosc's RuntimeError, ValueError on a short chunk...
+        except Exception as exc:  # noqa: BLE001 -- zlib.error, blosc's RuntimeError, ValueError on a short chunk...
             raise SelfDenoiseError(f"cannot read {self.path}: a chunk is damaged ({type(exc).__name__}: "
                                    f"{str(exc)[:200]}); copy or write the store again") from None
 
@@ -442,7 +442,7 @@ def _read_other(p: Path, axes: str | None, lazy: bool | None, guess: bool, dask:
         data = img.dask_data
         sizes = img.physical_pixel_sizes
         properties = getattr(img, "dimension_properties", None)  # bioio >= 3: units
-    except Exception as exc:  # readers raise many kinds; say which library and what to install
+    except Exception as exc:  # noqa: BLE001 -- readers raise many kinds; say which library and what to install
         hint = ""
         if "unsupported" in type(exc).__name__.lower() or "unsupported" in str(exc).lower()[:200]:
             hint = f"; install the bioio plugin for {suffix} files: pip install {plugin}"
@@ -457,7 +457,7 @@ def _read_other(p: Path, axes: str | None, lazy: bool | None, guess: bool, dask:
             data = np.asarray(data)
         except MemoryError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- readers raise many kinds: one line naming the file
             raise SelfDenoiseError(f"cannot read {p} with {library}: {exc}") from None
     scale: dict[str, float] = {}
     units: dict[str, str] = {}

@@ -104,7 +104,7 @@ def check_zip_file(path, kind: str = "napari-selfdenoise model file or bioimage.
     return path
 
 
-def open_zip(source: "str | os.PathLike | IO[bytes]", path) -> zipfile.ZipFile:
+def open_zip(source: str | os.PathLike | IO[bytes], path) -> zipfile.ZipFile:
     """Open a zip and refuse, before reading any entry, names that could escape a folder when the archive
     is unpacked (``../x``, ``/etc/x``, ``C:x``, backslashes), too many entries or too many bytes in all.
     ``path`` is the name used in messages."""

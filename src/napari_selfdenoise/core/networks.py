@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def _conv(dims: int):
@@ -94,7 +94,8 @@ class UNet(nn.Module):
         """The pooling window at ``level``: 2 per axis, but 1 in Z from level ``z_levels`` on."""
         return (2,) * self.dims if self.dims == 2 or level < self.z_levels else (1, 2, 2)
 
-    __jit_unused_properties__ = ["pool_multiples"]  # not for TorchScript (the bioimage.io export)
+    # not for TorchScript (the bioimage.io export), which reads this list by its name
+    __jit_unused_properties__ = ["pool_multiples"]  # noqa: RUF012
 
     @property
     def pool_multiples(self) -> tuple[int, ...]:
@@ -217,7 +218,7 @@ class NNet(nn.Module):
         self.denoiser = UNet(in_channels, in_channels, dims, depth, features, n2v2, z_levels)
         self.noise = NoiseHead(in_channels, dims, mixture, noise_features, structure)
 
-    __jit_unused_properties__ = ["pool_multiples"]
+    __jit_unused_properties__ = ["pool_multiples"]  # noqa: RUF012 -- for TorchScript, as above
 
     @property
     def pool_multiples(self) -> tuple[int, ...]:

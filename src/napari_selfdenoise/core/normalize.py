@@ -53,7 +53,7 @@ class Normalization:
         return {"mode": self.mode, "offset": self.offset, "scale": self.scale}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Normalization":
+    def from_dict(cls, data: dict) -> Normalization:
         return cls(str(data["mode"]), [float(v) for v in data["offset"]], [float(v) for v in data["scale"]])
 
 

@@ -24,7 +24,7 @@ import io
 import pickletools
 import re
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -291,7 +291,7 @@ def read_state_dict(data: bytes, name: str) -> dict[str, torch.Tensor]:
         raise
     except MemoryError as err:
         raise ModelFileError(f"{name}: the state dict does not fit in memory; refusing it") from err
-    except Exception as err:  # noqa: BLE001 - a hostile file must never end in a traceback
+    except Exception as err:  # a hostile file must never end in a traceback
         raise ModelFileError(f"{name} is not a valid PyTorch state dict ({type(err).__name__}: "
                              f"{_first_line(err)}); the file is damaged or was crafted") from err
 

@@ -7,8 +7,9 @@ and be cancelled between steps without any threads or callbacks inside the engin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Callable, Generator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 Steps = Generator[tuple[int, int], None, T]

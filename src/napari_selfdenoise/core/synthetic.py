@@ -38,10 +38,11 @@ def _scene(shape: tuple[int, ...], rng: np.random.Generator) -> dict:
     scale = shape[-1] * shape[-2] / _REF_AREA * (shape[0] / 32 if len(shape) == 3 else 1.0)
     blobs = []
     for sigma, per_area, (low, high) in _BLOBS:
-        n = max(1, int(round(per_area * scale)))
+        n = max(1, int(round(per_area * scale)))  # noqa: RUF046 -- numpy < 2 rounds its floats to floats
         centres = rng.uniform(0, 1, (n, len(shape))) * np.array(shape)
         blobs.append((sigma, centres, rng.uniform(low, high, n)))
-    filaments = [_filament(shape, rng) for _ in range(max(1, int(round(_FILAMENTS_PER_AREA * scale))))]
+    filaments = [_filament(shape, rng)
+                 for _ in range(max(1, int(round(_FILAMENTS_PER_AREA * scale))))]  # noqa: RUF046 -- numpy < 2 rounds its floats to floats
     coarse = rng.uniform(0, 1, tuple(max(2, math.ceil(s / 64) + 1) for s in shape))
     return {"blobs": blobs, "filaments": filaments, "background": coarse}
 

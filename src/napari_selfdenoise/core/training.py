@@ -30,8 +30,15 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .device import (CPU_BATCH, MPS_BATCH, batch_that_fits, configure_for_speed, is_out_of_memory,
-                     prefers_channels_last, release_cached_memory)
+from .device import (
+    CPU_BATCH,
+    MPS_BATCH,
+    batch_that_fits,
+    configure_for_speed,
+    is_out_of_memory,
+    prefers_channels_last,
+    release_cached_memory,
+)
 from .errors import SelfDenoiseError
 from .methods import Method
 from .noise import noise_curve
@@ -339,7 +346,7 @@ class Trainer:
         while True:
             try:
                 return self._accumulate(optimizer, gens, batches)
-            except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled
+            except Exception as error:  # only out-of-memory errors are handled
                 if not is_out_of_memory(error):
                     raise
                 optimizer.zero_grad(set_to_none=True)

@@ -54,8 +54,14 @@ class Verdict:
 def check_result(denoiser, image, axes: str | None = None):
     """Score ``denoiser`` (trained) against the classical filter calibrated on ``image``: a step generator
     (``steps.py``: yields (done, total)) that returns a ``Verdict``. Seconds on a CPU (small crops)."""
-    from .auto import (HeldOut, classic_crop, classic_predictor, clearly_worse, network_predictor,
-                       noise_variance_from_data)
+    from .auto import (
+        HeldOut,
+        classic_crop,
+        classic_predictor,
+        clearly_worse,
+        network_predictor,
+        noise_variance_from_data,
+    )
     from .classic import DEFAULT_DENOISERS, calibration_steps
     from .normalize import Normalization
 

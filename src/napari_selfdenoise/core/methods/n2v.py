@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from .base import Method
-from .masking import (hide_blind_spots, masked_mse, replace_with_neighbour_median,
-                      replace_with_random_neighbour, stratified_mask)
+from .masking import (
+    hide_blind_spots,
+    masked_mse,
+    replace_with_neighbour_median,
+    replace_with_random_neighbour,
+    stratified_mask,
+)
 
 
 class Noise2Void(Method):
