@@ -18,7 +18,7 @@ def cmd_export(args) -> int:
     if args.validate:
         _bioimageio_core()  # before any work: the extra may be missing
     model = load_ours(args.model, args.trust_code, "exported")
-    if not getattr(model, "trainable", False):
+    if not model.trainable:
         raise SelfDenoiseError(f"{args.model} is a foreign bioimage.io model; it is already a package")
     image = None
     if args.input:

@@ -34,7 +34,7 @@ def cmd_predict(args) -> int:
         raise SelfDenoiseError("--workers must be a positive number of processes")
     distributed = args.workers is not None or bool(args.dask_scheduler)
     model = Denoiser.load(args.model, trust_code=args.trust_code)
-    if distributed and not getattr(model, "trainable", False):
+    if distributed and not model.trainable:
         raise SelfDenoiseError(f"{args.model} is a foreign bioimage.io model; it runs in this process only "
                                "(leave out --workers and --dask-scheduler)")
     applied = _applied_method(model)

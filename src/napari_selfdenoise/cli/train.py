@@ -132,7 +132,7 @@ def _load_start_model(args):
     """The model that ``train --from`` continues: one trained with napari-selfdenoise (what may change is
     the engine's rule: ``Denoiser.prepare_fine_tuning``)."""
     model = load_ours(args.start_from, args.trust_code, "fine-tuned")
-    if not getattr(model, "trainable", False):
+    if not model.trainable:
         raise SelfDenoiseError(f"{args.start_from} is a foreign bioimage.io model (prediction only); only "
                                "models trained with napari-selfdenoise can be fine-tuned")
     return model
