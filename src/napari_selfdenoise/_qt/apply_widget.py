@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
-                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .._layers import check_layer, guessed_axes, result_layer_kwargs
 from ..core.errors import SelfDenoiseError, UntrustedCodeError
@@ -121,7 +133,7 @@ class ApplyWidget(QWidget):
             return False
         self.model_path.setText(str(path))
         config, arch = self.denoiser.config, self.denoiser.architecture
-        if getattr(self.denoiser, "trainable", True):
+        if self.denoiser.trainable:
             self.model_info.setText(
                 f"{self.denoiser.method.title} · trained on axes {config.axes} · {arch['dims']}D, "
                 f"{arch['in_channels']} channel(s) · {self.denoiser.state.step} steps · {Path(path).name}")
@@ -177,7 +189,7 @@ class ApplyWidget(QWidget):
             ok = True
         self.apply_button.setEnabled(ok and self.worker is None)
         self.export_button.setEnabled(self.worker is None and self.denoiser is not None
-                                      and getattr(self.denoiser, "trainable", False))
+                                      and self.denoiser.trainable)
         return ok
 
     def start(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QComboBox
@@ -74,7 +75,7 @@ class _CloseWatcher(QObject):
         super().__init__(parent)
         self.callback = callback
 
-    def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+    def eventFilter(self, watched, event):  # Qt's name
         if event.type() == QEvent.Type.Close:
             self.callback()
         return False  # napari closes the window as usual
@@ -146,6 +147,6 @@ def scrolling(content):
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
+    if seconds is None or math.isnan(seconds) or seconds < 0:
         return "--:--"
-    return str(datetime.timedelta(seconds=int(round(seconds))))
+    return str(datetime.timedelta(seconds=round(seconds)))

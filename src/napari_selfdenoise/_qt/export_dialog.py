@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QLabel, QLineEdit, QPlainTextEdit, QPushButton, QVBoxLayout)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+)
 
 from ..core.errors import SelfDenoiseError
 from .common import notify_error
@@ -99,7 +110,7 @@ def export_to_bioimageio(parent, denoiser, default_path: str = "", path=None, me
 
     from ..core.bmz import export_bmz
 
-    if denoiser is None or not getattr(denoiser, "trainable", False) or not denoiser.trained:
+    if denoiser is None or not denoiser.trainable or not denoiser.trained:
         notify_error(SelfDenoiseError("train or load a napari-selfdenoise model first (a foreign bioimage.io "
                                       "model is already a package)"))
         return None

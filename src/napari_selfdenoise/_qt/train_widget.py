@@ -5,20 +5,53 @@ from __future__ import annotations
 import time
 
 from qtpy.QtCore import Qt, QTimer, Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
-                            QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
-from .._layers import (beside_source, check_layer, guessed_axes, network_note, placement, result_layer_kwargs,
-                       shape_boxes, view_position)
+from .._layers import (
+    beside_source,
+    check_layer,
+    guessed_axes,
+    network_note,
+    placement,
+    result_layer_kwargs,
+    shape_boxes,
+    view_position,
+)
 from ..core.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
 from ..core.errors import SelfDenoiseError
-from .common import (LayerPicker, duration, end_worker, notify_error, on_array, on_window_close, rate_text,
-                     scrolling, start_job)
+from . import settings
+from .common import (
+    LayerPicker,
+    duration,
+    end_worker,
+    notify_error,
+    on_array,
+    on_window_close,
+    rate_text,
+    scrolling,
+    start_job,
+)
 from .plots import LossPlot, NoisePlot, theme_colors, write_csv, write_png
 from .readme_help import methods_link
-from . import settings
 
 CLASSIC, AUTO = "classic", "auto"
 METHOD_TITLES = {
@@ -378,7 +411,7 @@ class TrainWidget(QWidget):
                 model = Denoiser.load(path)
             except UntrustedCodeError:
                 model = None  # foreign TorchScript: refused as foreign, never run
-            if not getattr(model, "trainable", False):
+            if model is None or not model.trainable:
                 raise SelfDenoiseError(f"{path} is a foreign bioimage.io model (prediction only); only models "
                                        "trained with napari-selfdenoise can be fine-tuned")
         except SelfDenoiseError as err:
@@ -647,14 +680,13 @@ class TrainWidget(QWidget):
             self._on_progress(message)
         elif isinstance(message, Preview):
             self._on_preview(message)
-        elif isinstance(message, Stage):
-            if message.name != "previewing":
-                self.run["stage"] = message.name
-                self.progress.setRange(0, message.total)
-                self.progress.setValue(message.done)
-                self.progress.setFormat(f"{message.name} %p%")
-                phase, what = STAGES.get(message.name, ("predicting", message.name.capitalize()))
-                self._set_phase(phase, f"{what}: {message.done}/{message.total}")
+        elif isinstance(message, Stage) and message.name != "previewing":
+            self.run["stage"] = message.name
+            self.progress.setRange(0, message.total)
+            self.progress.setValue(message.done)
+            self.progress.setFormat(f"{message.name} %p%")
+            phase, what = STAGES.get(message.name, ("predicting", message.name.capitalize()))
+            self._set_phase(phase, f"{what}: {message.done}/{message.total}")
 
     def _on_progress(self, event) -> None:
         if "stage" in event.extra:  # a finishing step after the last step (N-net's calibration)
