@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 import torch
+from _common import base_parser, machine, psnr, save
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import base_parser, machine, psnr, save
 from napari_selfdenoise import Denoiser
 from napari_selfdenoise.core.methods import method_names
 

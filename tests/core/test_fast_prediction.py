@@ -36,7 +36,7 @@ def test_fitted_tile_covers_with_the_fewest_tiles(size):
     assert tile % multiple == 0 or tile == padded
     assert starts[0] == 0 and starts[-1] + tile == padded  # covers the axis
     assert len(starts) == len(tile_starts(padded, largest, overlap, multiple))  # no more tiles than the largest
-    assert tile <= max(largest, padded if padded <= largest else largest)
+    assert tile <= max(largest, min(padded, largest))
     if len(starts) > 1:  # and no bigger than needed: one grid step smaller would take another tile
         assert len(tile_starts(padded, tile - multiple, overlap, multiple)) > len(starts)
 

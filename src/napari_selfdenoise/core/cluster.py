@@ -14,13 +14,13 @@ Needs the ``[distributed]`` extra (dask[distributed] and zarr).
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import SelfDenoiseError
 from .steps import drain
@@ -111,7 +111,7 @@ def _wait_until_idle(client, futures, seconds: float = 30.0) -> None:
     while time.monotonic() < deadline:
         try:
             busy = keys & {k for tasks in client.processing().values() for k in tasks}
-        except Exception:  # the scheduler is gone: nothing more will run
+        except Exception:  # noqa: BLE001 -- the scheduler is gone: nothing more will run
             return
         if not busy:
             return

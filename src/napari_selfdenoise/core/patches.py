@@ -7,6 +7,7 @@ count, not the stack size. ``Prefetcher`` makes the next batches in a background
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def _split_slab(region, patch_shape, val_fraction):
     sizes = [b for _, b in region.bounds]
     for axis in np.argsort(sizes)[::-1]:
         size, patch = sizes[axis], patch_shape[axis]
-        cut = max(patch, int(round(size * val_fraction)))
+        cut = max(patch, int(round(size * val_fraction)))  # noqa: RUF046 -- numpy < 2 rounds its floats to floats
         if size - cut >= patch:
             train_bounds = list(region.bounds)
             val_bounds = list(region.bounds)
@@ -181,7 +182,7 @@ def _runs(values: np.ndarray, first: int = 0, stop: int | None = None):
     stop = len(values) if stop is None else stop
     edges = np.flatnonzero(np.diff(values[first:stop])) + first + 1
     bounds = [first, *edges.tolist(), stop]
-    return [(values[a], a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(values[a], a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _augmented(windows: np.ndarray, code: int) -> np.ndarray:
@@ -209,7 +210,7 @@ class Prefetcher:
         try:
             while not self._closed.is_set():
                 self._put((make(), None))
-        except BaseException as err:  # handed to the consumer, which re-raises it
+        except BaseException as err:  # noqa: BLE001 -- handed to the consumer, which re-raises it
             self._put((None, err))
 
     def _put(self, item):

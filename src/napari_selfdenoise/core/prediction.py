@@ -11,7 +11,7 @@ import copy
 import math
 import numbers
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -159,7 +159,7 @@ class TiledPredictor:
         in raw units. Samples are normalised one at a time, so memory follows one sample, not the stack."""
         return drain(self.steps(canonical, normalization), progress)
 
-    def plan(self, spatial, samples: int = 1) -> "TilePlan":
+    def plan(self, spatial, samples: int = 1) -> TilePlan:
         """The tile grid of an image with ``spatial`` shape (``samples`` of them: frames of a stack): the
         same for a whole image and for any block of it, which is what makes block-wise (streamed,
         distributed) results equal whole-image ones."""
@@ -170,7 +170,7 @@ class TiledPredictor:
         margins = [max(0, min(self.margin, (o - self.blend) // 2)) for o in overlaps]
         return TilePlan.build(tuple(spatial), padded, tile, overlaps, margins, multiples, self.batch_size, samples)
 
-    def kernel(self, plan: "TilePlan") -> "InferenceKernel":
+    def kernel(self, plan: TilePlan) -> InferenceKernel:
         """How this plan's tiles go through the network. Chosen from the plan (the tile grid and the
         number of samples: the whole job), never from a block, so whole-image, streamed and distributed
         prediction run the same kernel."""
@@ -196,7 +196,7 @@ class TiledPredictor:
         worker thread can report progress and be cancelled between batches of tiles."""
         n, c, *spatial = canonical.shape
         plan = self.plan(spatial, samples=n)
-        padded, tile = plan.padded, plan.tile
+        padded = plan.padded
         total, done = n * plan.count, 0
         outputs = len(self.method.outputs) * c
         result = np.empty((n, outputs, *spatial), dtype=np.float32)
@@ -222,7 +222,7 @@ class TiledPredictor:
             result[i] = self._denormalize(blended, c, normalization)
         return result
 
-    def predict_block(self, plan: "TilePlan", read_tile: Callable, block, normalization) -> np.ndarray:
+    def predict_block(self, plan: TilePlan, read_tile: Callable, block, normalization) -> np.ndarray:
         """The blended, denormalised outputs (outputs*C, *block shape) of one block of one sample.
 
         ``block`` is a [start, stop) pair per spatial axis; ``read_tile(box)`` returns the raw
@@ -251,7 +251,7 @@ class TiledPredictor:
                  for k, name in enumerate(self.method.outputs)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def _predict_batch(self, batch: np.ndarray, kernel: "InferenceKernel") -> np.ndarray:
+    def _predict_batch(self, batch: np.ndarray, kernel: InferenceKernel) -> np.ndarray:
         """A batch of the plan, in forward passes of at most ``forward_limit`` tiles. Out of memory: the
         limit is halved (with a warning) and the batch predicted again; the plan's batches, hence the
         order in which tiles are blended, stay as they are."""
@@ -260,7 +260,7 @@ class TiledPredictor:
             try:
                 return np.concatenate([self._forward(batch[a : a + limit], kernel)
                                        for a in range(0, len(batch), limit)])
-            except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled
+            except Exception as error:
                 if not is_out_of_memory(error) or limit == 1:
                     raise
             release_cached_memory(self.device)
@@ -268,7 +268,7 @@ class TiledPredictor:
             warnings.warn(f"out of {self.device.type.upper()} memory predicting {limit} tiles at once; "
                           f"now {self.forward_limit} at a time", RuntimeWarning, stacklevel=2)
 
-    def _forward(self, batch: np.ndarray, kernel: "InferenceKernel") -> np.ndarray:
+    def _forward(self, batch: np.ndarray, kernel: InferenceKernel) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
         with torch.no_grad():
             if not self.tta:

@@ -15,7 +15,6 @@ other failure removes the temporary output and leaves the final name as it was.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -157,7 +156,7 @@ class ZarrSink:
         self._array = None
 
     @classmethod
-    def create(cls, path: Path, axes: str, shape, chunks, scale, units) -> "ZarrSink":
+    def create(cls, path: Path, axes: str, shape, chunks, scale, units) -> ZarrSink:
         import zarr
 
         with interrupts_deferred():  # zarr writes in its own thread (see ``write``)
@@ -208,7 +207,7 @@ class TiffSink:
         self.path, self.axes, self.shape, self.offset = path, axes, tuple(shape), offset
 
     @classmethod
-    def create(cls, path: Path, axes: str, shape, scale, units) -> "TiffSink":
+    def create(cls, path: Path, axes: str, shape, scale, units) -> TiffSink:
         import tifffile
 
         from .io import _S_MARKER, _norm_unit
