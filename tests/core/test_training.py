@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -74,16 +73,31 @@ def test_stop_from_another_thread(image):
     model = Denoiser("n2v2", "YX", time_limit=60.0, steps_per_epoch=100_000, **QUICK)
     events = []
     timer = threading.Timer(0.5, model.stop)
-    start = time.perf_counter()
     timer.start()
     try:
         events = list(model.train(image))
     finally:
         timer.cancel()
-    assert events[-1].done and events[-1].stopped
-    assert time.perf_counter() - start < 30
+    assert events[-1].done and events[-1].stopped  # by stop(), long before the 60 s limit
     steps = [e.step for e in events]
     assert steps[-1] == model.state.step and steps == sorted(steps) and steps[0] == 1
+
+
+def test_stop_while_the_run_is_being_set_up(image, monkeypatch):
+    """Stop pressed right after Train, before the trainer exists: the run ends after its first step."""
+    import napari_selfdenoise.core.denoiser as denoiser_module
+
+    model = Denoiser("n2v2", "YX", steps=500, steps_per_epoch=100_000, **QUICK)
+    crop = denoiser_module.sample_crop
+
+    def stop_then_crop(*args, **kwargs):  # runs inside train(), before the Trainer is made
+        model.stop()
+        return crop(*args, **kwargs)
+
+    monkeypatch.setattr(denoiser_module, "sample_crop", stop_then_crop)
+    events = list(model.train(image))
+    assert events[-1].done and events[-1].stopped
+    assert events[-1].step == 1
 
 
 # ------------------------------------------------------------------------------------ budgets
@@ -91,14 +105,12 @@ def test_stop_from_another_thread(image):
 
 def test_time_limit_ends_the_run(image):
     model = Denoiser("n2v2", "YX", time_limit=1.0, steps_per_epoch=100_000, **QUICK)
-    start = time.perf_counter()
     events = list(model.train(image))
-    wall = time.perf_counter() - start
     final = events[-1]
     assert final.done and not final.stopped
     assert final.max_steps is None and final.fraction is None
     assert final.elapsed >= 1.0
-    assert wall < 20, wall
+    assert final.step < 100_000  # the time limit ended it, not the epoch
     assert not any(e.done for e in events[:-1])
     assert model.history["step"] == [final.step]  # validated once, at the end
 

@@ -70,6 +70,7 @@ class Denoiser:
                 get_method(name, candidate_options)
         self.auto: AutoResult | None = None  # what method "auto" chose, and why
         self._race = None
+        self._stop_pending = False  # stop() before the trainer exists (see train)
         self.network: torch.nn.Module | None = None
         self.normalization: Normalization | None = None
         self.architecture: dict | None = None
@@ -86,6 +87,7 @@ class Denoiser:
 
         Calling it again continues training (fine-tuning) with the optimizer state kept.
         """
+        self._stop_pending = False
         arrays = [as_array(a) for a in (images if isinstance(images, (list, tuple)) else [images])]
         if not arrays:
             raise SelfDenoiseError("no images to train on")
@@ -100,6 +102,8 @@ class Denoiser:
         if self.sample is None:
             self.sample = sample_crop(sources[0], self.architecture["depth"])
         self._trainer = Trainer(self.config, self.method, self.network, sources, self.normalization, self.state)
+        if self._stop_pending:  # stop() came while the run was being set up
+            self._trainer.stop()
         yield from self._trainer.run()
 
     def _train_auto(self, arrays) -> Iterator[ProgressEvent]:
@@ -107,6 +111,8 @@ class Denoiser:
         from .auto import Race
 
         self._race = Race(self.config, arrays)
+        if self._stop_pending:  # stop() came while the race was being set up
+            self._race.stop()
         try:
             result = yield from self._race.run()
         finally:
@@ -165,7 +171,9 @@ class Denoiser:
         self.state.best_val_loss = None
 
     def stop(self) -> None:
-        """Ask a running ``train`` to end after its current step (safe from another thread)."""
+        """Ask a running ``train`` to end after its current step (safe from another thread); a run
+        still setting up (normalising, building its network) ends after its first step."""
+        self._stop_pending = True
         if self._race is not None:
             self._race.stop()
         if self._trainer is not None:
