@@ -82,7 +82,7 @@ class TrainConfig:
         if self.time_limit is not None:
             self.time_limit = _positive("time_limit", self.time_limit, "a positive number of seconds")
         self.lr = _positive("lr", self.lr, "a positive number (the learning rate, e.g. 4e-4)")
-        if not _is_real(self.val_fraction) or not 0 <= self.val_fraction < 1:
+        if not is_finite_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise SelfDenoiseError(f"val_fraction must be in [0, 1) (got {_shown(self.val_fraction)})")
         self.val_fraction = float(self.val_fraction)
         if not isinstance(self.amp, bool):
@@ -93,7 +93,7 @@ class TrainConfig:
             percentiles = tuple(self.percentiles)
         except TypeError:
             percentiles = ()
-        if not (len(percentiles) == 2 and all(_is_real(p) for p in percentiles)
+        if not (len(percentiles) == 2 and all(is_finite_number(p) for p in percentiles)
                 and 0 <= percentiles[0] < percentiles[1] <= 100):
             raise SelfDenoiseError(f"percentiles must be two numbers 0 <= low < high <= 100 (got {_shown(self.percentiles)})")
         self.percentiles = tuple(float(p) for p in percentiles)
@@ -130,8 +130,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _is_real(value) -> bool:
-    """A finite real number (bools are not numbers here)."""
+def is_finite_number(value) -> bool:
+    """A finite real number (bools are not numbers here; a bigint is refused, it has no float). The one
+    check for numbers from users and from files (model headers, rdf.yaml)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     if isinstance(value, numbers.Integral):
@@ -141,13 +142,13 @@ def _is_real(value) -> bool:
 
 def _integer(name: str, value, low: int, high: int | None = None, what: str = "a positive integer") -> int:
     """``value`` as an int when it is a whole number in [low, high]; else a one-line error naming ``name``."""
-    if not _is_real(value) or value != int(value) or value < low or (high is not None and value > high):
+    if not is_finite_number(value) or value != int(value) or value < low or (high is not None and value > high):
         raise SelfDenoiseError(f"{name} must be {what} (got {_shown(value)})")
     return int(value)
 
 
 def _positive(name: str, value, what: str) -> float:
-    if not _is_real(value) or not value > 0:
+    if not is_finite_number(value) or not value > 0:
         raise SelfDenoiseError(f"{name} must be {what} (got {_shown(value)})")
     return float(value)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import zipfile
@@ -31,6 +30,7 @@ from safetensors.torch import save as save_safetensors
 
 from .. import __version__
 from .atomic import atomic_write
+from .config import is_finite_number as _is_number
 from .errors import ModelFileError, SelfDenoiseError
 
 FORMAT = "napari-selfdenoise-model"
@@ -210,12 +210,6 @@ def _short(err: BaseException) -> str:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return abs(value) < 2**63 if isinstance(value, int) else math.isfinite(value)  # a bigint has no float
 
 
 # Bounds on what a model file may ask for: far above any model of ours (the defaults: depth 2, 32 features,

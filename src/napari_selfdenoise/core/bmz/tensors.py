@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..config import is_finite_number as _is_number
 from ..errors import SelfDenoiseError
 
 # Axis types of a 0.5 description and letters of a 0.4 one -> ours (batch handled apart).
@@ -111,12 +112,6 @@ def checked_sizes(axes: list[_Axis]) -> list[_Axis]:
 
 _DTYPES = {"float32", "float64", "float16", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64",
            "int64", "bool"}
-
-
-def _is_number(value) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return abs(value) < 2**63 if isinstance(value, int) else bool(np.isfinite(value))  # no float of a bigint
 
 
 def _numbers(value) -> bool:
