@@ -104,18 +104,25 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
 
 
 def _wait_until_idle(client, futures, seconds: float = 30.0) -> None:
+    """Wait until no worker runs one of ``futures`` any more. Asked of the workers themselves: a
+    cancelled task that already started goes on in its thread, but the scheduler forgets it at once."""
     import time
 
     keys = {f.key for f in futures}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            busy = keys & {k for tasks in client.processing().values() for k in tasks}
-        except Exception:  # noqa: BLE001 -- the scheduler is gone: nothing more will run
+            running = client.run(_running_keys, wait=True)
+        except Exception:  # noqa: BLE001 -- the cluster is gone: nothing more will run
             return
-        if not busy:
+        if not keys & {k for per_worker in running.values() for k in per_worker}:
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
+
+
+def _running_keys(dask_worker) -> list:
+    """The keys of the tasks running on this worker, the cancelled ones that still run included."""
+    return [ts.key for ts in dask_worker.state.all_running_tasks]
 
 
 def predict_files(model_path, jobs: list[FileJob], client, progress: Callable[[int, int], None] | None = None,
