@@ -23,7 +23,11 @@ from _common import base_parser, machine, save
 from skimage.io import imread
 
 from napari_selfdenoise import Denoiser
-from napari_selfdenoise.core.auto import (
+from napari_selfdenoise.core.config import TrainConfig
+from napari_selfdenoise.core.data.normalize import Normalization
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.methods.classic import CalibrationResult, calibrate
+from napari_selfdenoise.core.training.auto import (
     HeldOut,
     classic_crop,
     classic_predictor,
@@ -31,10 +35,6 @@ from napari_selfdenoise.core.auto import (
     quality_estimate,
     shared_noise_of,
 )
-from napari_selfdenoise.core.classic import CalibrationResult, calibrate
-from napari_selfdenoise.core.config import TrainConfig
-from napari_selfdenoise.core.normalize import Normalization
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 
 def images(args):

@@ -74,7 +74,7 @@ def run_neural(method, args, train, noisy, clean):
 
 
 def run_classic(noisy, clean):
-    from napari_selfdenoise.core.classic import calibrate_and_denoise
+    from napari_selfdenoise.core.methods.classic import calibrate_and_denoise
 
     start, scores, chosen = time.perf_counter(), [], []
     for n, c in zip(noisy, clean):

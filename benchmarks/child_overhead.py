@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from napari_selfdenoise.core.networks import build_export_network
-from napari_selfdenoise.core.sandbox import ModelProcess
+from napari_selfdenoise.core.nn.networks import build_export_network
+from napari_selfdenoise.core.trust.sandbox import ModelProcess
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ so its self-supervised loss is the true error plus the noise variance and both a
 same radius. The plain median sees the centre pixel: its self-supervised loss is minimised by the
 identity (radius 0, loss 0), whatever the true optimum is.
 
-The filters are the ones ``classic`` calibrates (``core.classic.denoise_classic`` with
+The filters are the ones ``classic`` calibrates (``core.methods.classic.denoise_classic`` with
 ``"median"`` / ``"donut_median"``); radius 0 of the median is the identity. Losses are in the
 image's units ([0, 1] signal), per pixel.
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_selfdenoise.core.classic import denoise_classic
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.methods.classic import denoise_classic
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "n2s_median_vs_donut.png"

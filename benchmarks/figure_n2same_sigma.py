@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from napari_selfdenoise import Denoiser
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image, psnr
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "n2same_sigma_loss.png"

@@ -64,7 +64,7 @@ def run_neural(spec, args, noisy, clean, axes):
 
 
 def run_classic(spec, noisy, clean, axes):
-    from napari_selfdenoise.core.classic import calibrate_and_denoise
+    from napari_selfdenoise.core.methods.classic import calibrate_and_denoise
 
     _, options = method_and_options(spec)  # classic:blind_radius=2
     start = time.perf_counter()

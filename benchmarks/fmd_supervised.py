@@ -19,8 +19,8 @@ import torch
 from _common import add_training_arguments, base_parser, machine, psnr, save
 from fmd import SAMPLES, load, train_and_predict
 
-from napari_selfdenoise.core.data import check_image
-from napari_selfdenoise.core.networks import UNet
+from napari_selfdenoise.core.data.checks import check_image
+from napari_selfdenoise.core.nn.networks import UNet
 
 
 def channels_first(image: np.ndarray, axes: str) -> np.ndarray:

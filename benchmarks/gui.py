@@ -30,7 +30,7 @@ def main():
     from qtpy.QtWidgets import QApplication
 
     from napari_selfdenoise._qt import settings
-    from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+    from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 
     torch.set_num_threads(args.threads)
     # the widget's defaults, not the remembered settings of whoever runs this

@@ -36,7 +36,7 @@ def make_stack(path: Path, gigabytes: float, seed: int = 0) -> tuple[int, ...]:
     """A noisy fluorescence-like uint16 TYX stack, written frame by frame (never whole in memory)."""
     import tifffile
 
-    from napari_selfdenoise.core.synthetic import fluorescence_image
+    from napari_selfdenoise.core.data.synthetic import fluorescence_image
 
     frames = max(1, round(gigabytes * 1e9 / (2 * FRAME[0] * FRAME[1])))
     clean = fluorescence_image((512, 512), seed=seed)

@@ -140,7 +140,7 @@ def run_synthetic(args, results):
             todo = ["nnet"] + [m for m in methods if m != "nnet" and signal_name == args.signals.split(",")[0]]
             for method in todo:
                 if method == "classic":
-                    from napari_selfdenoise.core.classic import calibrate_and_denoise
+                    from napari_selfdenoise.core.methods.classic import calibrate_and_denoise
 
                     wall = time.perf_counter()
                     denoised, chosen = calibrate_and_denoise(noisy, axes="YX")

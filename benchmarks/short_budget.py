@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from skimage.io import imread
 
 from napari_selfdenoise import Denoiser
-from napari_selfdenoise.core import synthetic
+from napari_selfdenoise.core.data import synthetic
 
 
 def parse_run(text: str):

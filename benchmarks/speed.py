@@ -56,8 +56,8 @@ def training_speed(method: str, steps: int, device: str) -> dict:
 
 def sampler_speed(batch: int = 128, repeats: int = 200) -> dict:
     """Patches per second of ``PatchSampler.batch`` on an in-memory stack (the calling thread only)."""
-    from napari_selfdenoise.core.normalize import Normalization
-    from napari_selfdenoise.core.patches import PatchSampler, split_regions
+    from napari_selfdenoise.core.data.normalize import Normalization
+    from napari_selfdenoise.core.data.patches import PatchSampler, split_regions
 
     sources = [np.random.default_rng(0).random((8, 1, 512, 512), dtype=np.float32)]
     train, _, _ = split_regions(sources, (64, 64), 0.0)

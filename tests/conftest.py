@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
-from napari_selfdenoise.core.synthetic import psnr as _psnr
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.data.synthetic import psnr as _psnr
 
 NOISE_SIGMA = 0.15
 

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 
 from napari_selfdenoise import __version__
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image, psnr, timelapse
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image, psnr, timelapse
 
 FAST = ["--steps", "20", "--patch", "32", "--batch", "4", "--features", "8"]
 

@@ -20,9 +20,9 @@ import tifffile
 import torch
 
 from napari_selfdenoise.core.config import TrainConfig
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import SelfDenoiseError
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch build has no Gloo backend")
@@ -75,9 +75,9 @@ def test_two_processes_train_like_one_with_two_shards(tmp_path):
 STOP_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch.distributed as dist
-    from napari_selfdenoise.core import distributed
+    from napari_selfdenoise.core.training import distributed
     from napari_selfdenoise.core.denoiser import Denoiser
-    from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+    from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 
     group = distributed.init_from_env("cpu")
     image = add_noise(fluorescence_image((64, 64), seed=0), sigma=0.1, seed=1)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.axes import default_axes
-from .core.data import check_shape
+from .core.data.axes import default_axes
+from .core.data.checks import check_shape
 from .core.errors import SelfDenoiseError
 
 _AXES = set("STCZYX")

@@ -1,5 +1,5 @@
 """napari reader: TIFF/OME-TIFF, zarr/OME-Zarr (zarr installed) and, with the [io] extra, CZI, ND2, LIF,
-DV, with axis labels, scale, units and the axes string (a thin adapter over core.io.read_image)."""
+DV, with axis labels, scale, units and the axes string (a thin adapter over core.io.images.read_image)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def get_reader(path):
-    from .core.io import OTHER_SUFFIXES, TIFF_SUFFIXES, is_zarr_store, other_formats_library
+    from .core.io.images import OTHER_SUFFIXES, TIFF_SUFFIXES, is_zarr_store, other_formats_library
 
     if isinstance(path, list):
         if len(path) != 1:
@@ -26,9 +26,9 @@ def get_reader(path):
 
 
 def read_layers(path):
-    """One image layer; big files (over core.io.LAZY_THRESHOLD) come memory-mapped or as dask."""
-    from .core.io import read_image
-    from .core.outputs import image_stem
+    """One image layer; big files (over core.data.lazy.LAZY_THRESHOLD) come memory-mapped or as dask."""
+    from .core.io.images import read_image
+    from .core.io.outputs import image_stem
 
     path = path[0] if isinstance(path, list) else path
     # Unknown axes (e.g. a bare 3-D TIFF) are guessed from the dimension count, as napari itself
@@ -67,7 +67,7 @@ def _napari_unit(unit: str | None, dimension: str = "[length]") -> str:
 def _frame_interval(path) -> tuple[float, str] | None:
     """A TIFF's time between frames (ImageJ ``finterval``/``tunit``, OME ``TimeIncrement``): without it
     napari gives T the unit "pixel" and warns "Inconsistent units" beside layers with a time axis."""
-    from .core.io import TIFF_SUFFIXES
+    from .core.io.images import TIFF_SUFFIXES
 
     if not str(path).lower().endswith(TIFF_SUFFIXES):
         return None

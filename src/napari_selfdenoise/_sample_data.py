@@ -12,21 +12,21 @@ def _pair(clean, noisy, name: str, axes: str):
 
 
 def noisy_cells_2d():
-    from .core.synthetic import add_noise, fluorescence_image
+    from .core.data.synthetic import add_noise, fluorescence_image
 
     clean = fluorescence_image((512, 512), seed=1)
     return _pair(clean, add_noise(clean, "poisson_gaussian", seed=1), "cells 2D", "YX")
 
 
 def noisy_cells_3d():
-    from .core.synthetic import add_noise, fluorescence_image
+    from .core.data.synthetic import add_noise, fluorescence_image
 
     clean = fluorescence_image((32, 192, 192), seed=2)
     return _pair(clean, add_noise(clean, "poisson_gaussian", seed=2), "cells 3D", "ZYX")
 
 
 def noisy_timelapse():
-    from .core.synthetic import add_noise, timelapse
+    from .core.data.synthetic import add_noise, timelapse
 
     clean = timelapse(20, (192, 192), seed=3)
     return _pair(clean, add_noise(clean, "poisson_gaussian", seed=3), "cells time-lapse", "TYX")

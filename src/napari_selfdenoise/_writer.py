@@ -1,4 +1,4 @@
-"""napari writer: an image layer to OME-TIFF, keeping its axes and scale (thin adapter over core.io)."""
+"""napari writer: an image layer to OME-TIFF, keeping its axes and scale (thin adapter over core.io.images)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 def write_image_layer(path: str, data, meta: dict) -> list[str]:
     import numpy as np
 
-    from .core.axes import default_axes
-    from .core.io import write_image
+    from .core.data.axes import default_axes
+    from .core.io.images import write_image
 
     if meta.get("multiscale") and isinstance(data, (list, tuple)):
         data = data[0]  # the full-resolution level
@@ -24,7 +24,7 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
     units = list(meta.get("units") if meta.get("units") is not None else ["pixel"] * ndim)
     scale_map, unit_map = {}, {}
     for axis, s, u in zip(axes[:ndim], scale, units):
-        unit = str(u)  # napari's units are pint units: 'micrometer' (core.io writes 'µm')
+        unit = str(u)  # napari's units are pint units: 'micrometer' (core.io.images writes 'µm')
         if unit == "pixel" and float(s) == 1.0:
             continue  # napari's default: no calibration to store
         scale_map[axis] = float(s)

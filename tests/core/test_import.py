@@ -43,7 +43,7 @@ def _gui(modules: set[str]) -> list[str]:
 def test_engine_imports_no_gui():
     modules = _modules_after(["napari_selfdenoise", "napari_selfdenoise.core.denoiser"], walk_core=True)
     # The walk really imported the engine (and with it torch).
-    assert {"napari_selfdenoise.core.denoiser", "napari_selfdenoise.core.training",
+    assert {"napari_selfdenoise.core.denoiser", "napari_selfdenoise.core.training.trainer",
             "napari_selfdenoise.core.methods.n2v", "torch"} <= modules
     assert _gui(modules) == []
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from napari_selfdenoise.core import jobs
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import SelfDenoiseError
 from napari_selfdenoise.core.steps import Stage, drain
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
-from napari_selfdenoise.core.training import ProgressEvent
+from napari_selfdenoise.core.training.trainer import ProgressEvent
 
 SMALL = dict(features=8, depth=1, patch=32, batch=2)
 
@@ -115,7 +115,7 @@ def test_predict_job_matches_predict_and_can_be_abandoned(noisy):
 def test_predict_job_on_a_big_lazy_image_streams_into_scratch_zarr(noisy, monkeypatch):
     import dask.array as da
 
-    from napari_selfdenoise.core import lazy
+    from napari_selfdenoise.core.data import lazy
 
     model = Denoiser("n2s", "YX", steps=2, **SMALL).fit(noisy)
     stack = da.from_array(np.stack([noisy] * 3), chunks=(1, 64, 64))

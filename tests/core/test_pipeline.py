@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_selfdenoise.core.data.patches import Prefetcher
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
-from napari_selfdenoise.core.device import batch_that_fits, is_out_of_memory
 from napari_selfdenoise.core.errors import SelfDenoiseError
-from napari_selfdenoise.core.patches import Prefetcher
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.nn.device import batch_that_fits, is_out_of_memory
 
 QUICK = dict(patch=32, features=8, seed=0, device="cpu")
 

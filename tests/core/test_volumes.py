@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image, psnr
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.methods import method_names
-from napari_selfdenoise.core.networks import UNet, auto_z_levels, build_network
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image, psnr
+from napari_selfdenoise.core.nn.networks import UNet, auto_z_levels, build_network
 
 METHODS = method_names(include_classic=False)
 TINY = dict(patch=32, batch=2, features=8, steps=3, steps_per_epoch=2, device="cpu")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_selfdenoise import __version__
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 HERE = Path(__file__).parent
 TINY = dict(patch=16, batch=2, features=2, depth=1, steps=2, steps_per_epoch=2, seed=0, device="cpu")

@@ -18,9 +18,9 @@ import pytest
 import tifffile
 import torch
 
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.methods import method_names
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
@@ -81,7 +81,7 @@ def test_streamed_prediction_on_cuda_equals_in_memory(trained, pair, tmp_path):
 
 def test_torchscript_export_runs_on_cuda(trained, pair, tmp_path):
     from napari_selfdenoise.core.bmz import export_bmz
-    from napari_selfdenoise.core.networks import ExportDenoiser
+    from napari_selfdenoise.core.nn.networks import ExportDenoiser
 
     export = ExportDenoiser(**trained.architecture)
     export.net.load_state_dict(trained.network.state_dict())
@@ -98,9 +98,9 @@ def test_torchscript_export_runs_on_cuda(trained, pair, tmp_path):
 NCCL_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    from napari_selfdenoise.core import distributed
+    from napari_selfdenoise.core.training import distributed
     from napari_selfdenoise.core.denoiser import Denoiser
-    from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+    from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 
     torch.distributed.init_process_group("nccl")  # torchrun's environment, one process
     torch.cuda.set_device(0)

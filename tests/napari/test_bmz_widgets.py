@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from napari_selfdenoise.core import bmz
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 PLUGIN = "napari-selfdenoise"
 WAIT_MS = 180_000

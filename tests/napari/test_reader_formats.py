@@ -20,8 +20,8 @@ import pint
 import pytest
 
 from napari_selfdenoise import _reader
-from napari_selfdenoise.core import io
 from napari_selfdenoise.core.errors import SelfDenoiseError
+from napari_selfdenoise.core.io import images as io
 
 PLUGIN = "napari-selfdenoise"
 UREG = pint.get_application_registry()

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from napari_selfdenoise import _reader
-from napari_selfdenoise.core import io
 from napari_selfdenoise.core.errors import SelfDenoiseError
+from napari_selfdenoise.core.io import images as io
 
 PLUGIN = "napari-selfdenoise"
 SIZES = {"T": 3, "C": 2, "Z": 4, "Y": 24, "X": 32}

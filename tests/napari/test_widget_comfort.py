@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QTabBar
 
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 
 PLUGIN = "napari-selfdenoise"
 WAIT_MS = 180_000

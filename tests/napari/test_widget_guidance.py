@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_selfdenoise._qt.common import rate_text
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 
 PLUGIN = "napari-selfdenoise"
 WAIT_MS = 180_000

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from napari_selfdenoise.core import jobs
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
 
 PLUGIN = "napari-selfdenoise"
 SCALE = (2.0, 0.5)

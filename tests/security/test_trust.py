@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfdenoise.core import bmz, sandbox
+from napari_selfdenoise.core import bmz
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import ModelFileError, SelfDenoiseError, UntrustedCodeError
-from napari_selfdenoise.core.safetorch import check_pickle_depth, check_torchscript
-from napari_selfdenoise.core.sandbox import ModelProcess
+from napari_selfdenoise.core.trust import sandbox
+from napari_selfdenoise.core.trust.safetorch import check_pickle_depth, check_torchscript
+from napari_selfdenoise.core.trust.sandbox import ModelProcess
 
 GiB = 1024**3
 
@@ -324,7 +325,7 @@ def test_the_nesting_count_sees_through_the_memo():
 
 @pytest.fixture(scope="module")
 def our_package(tmp_path_factory):
-    from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+    from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 
     noisy = add_noise(fluorescence_image((48, 48), seed=1), sigma=0.1, seed=2)
     model = Denoiser("n2v2", "YX", steps=2, patch=32, batch=2, features=4, depth=1, steps_per_epoch=2,
@@ -442,7 +443,7 @@ def test_the_child_does_not_outlive_its_parent(how, tmp_path):
     weights = tmp_path / "doubler.pt"
     weights.write_bytes(scripted(Doubler()))
     script = ("import os, signal, sys\n"
-              "from napari_selfdenoise.core.sandbox import ModelProcess\n"
+              "from napari_selfdenoise.core.trust.sandbox import ModelProcess\n"
               "child = ModelProcess(open(sys.argv[1], 'rb').read(), 'doubler')\n"
               "print(child.pid, flush=True)\n"
               + ("os._exit(0)\n" if how == "exits" else "os.kill(os.getpid(), signal.SIGKILL)\n"))

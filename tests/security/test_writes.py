@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
-from napari_selfdenoise.core.io import write_image
-from napari_selfdenoise.core.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.io.images import write_image
 
 FAST_TRAIN = ["--steps", "2", "--patch", "32", "--batch", "2", "--features", "8", "--depth", "1"]
 

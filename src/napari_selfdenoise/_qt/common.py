@@ -105,7 +105,7 @@ def on_array(data, make_job):
     kept lazy (dask, zarr, memory-map): training then reads patches and prediction streams blocks."""
     import numpy as np
 
-    from ..core.lazy import LAZY_THRESHOLD, as_array, nbytes
+    from ..core.data.lazy import LAZY_THRESHOLD, as_array, nbytes
 
     return (yield from make_job(as_array(data) if nbytes(data) > LAZY_THRESHOLD else np.asarray(data)))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QAbstractButton, QComboBox, QDoubleSpinBox, QSpinBox
 
-from ..core.atomic import atomic_write
+from ..core.io.atomic import atomic_write
 
 
 def settings_file() -> Path:

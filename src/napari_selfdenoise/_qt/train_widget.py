@@ -36,8 +36,8 @@ from .._layers import (
     shape_boxes,
     view_position,
 )
-from ..core.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
 from ..core.errors import SelfDenoiseError
+from ..core.methods.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
 from . import settings
 from .common import (
     LayerPicker,
@@ -118,7 +118,9 @@ class TrainWidget(QWidget):
         self._set_running(False)
         self.destroyed.connect(_stop_on_close(self))
         # Import the engine now: an import inside the worker would hold the GIL and freeze the GUI.
-        from ..core import auto, classic, denoiser, jobs, training, verdict  # noqa: F401
+        from ..core import denoiser, jobs  # noqa: F401
+        from ..core.methods import classic  # noqa: F401
+        from ..core.training import auto, trainer, verdict  # noqa: F401
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -146,7 +148,7 @@ class TrainWidget(QWidget):
         self.steps = _spin(1, 10_000_000, 2000, "Training steps (batches); the first budget reached ends training")
         self.minutes = _float_spin(0, 100_000, 0, 1, "Stop after this many minutes of training (0: no limit)")
         self.device_picker = QComboBox()
-        from ..core.device import available_devices
+        from ..core.nn.device import available_devices
 
         devices = available_devices()
         for device in ["auto"] + devices:  # the data: what TrainConfig takes (and the settings remember)
@@ -479,7 +481,7 @@ class TrainWidget(QWidget):
 
     def _prepare(self):
         from ..core.jobs import auto_job, box_regions, classic_job, preview_region, train_job
-        from ..core.verdict import checked_job
+        from ..core.training.verdict import checked_job
 
         layer = self.image_picker.layer()
         axes = self.axes_edit.text().strip().upper()
@@ -626,7 +628,7 @@ class TrainWidget(QWidget):
 
         from napari.utils.notifications import show_info
 
-        from ..core.atomic import atomic_write
+        from ..core.io.atomic import atomic_write
 
         if path is None:
             source = self._source()
@@ -672,7 +674,7 @@ class TrainWidget(QWidget):
             return
         from ..core.jobs import Preview
         from ..core.steps import Stage
-        from ..core.training import ProgressEvent
+        from ..core.training.trainer import ProgressEvent
 
         if self.run is None or self.run.get("cancelled"):
             return  # sent before the cancellation reached the worker

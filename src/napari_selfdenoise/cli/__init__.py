@@ -14,9 +14,9 @@ Exit codes: 0 success; 2 a bad request or bad input (one line ``selfdenoise: err
 no traceback, nothing written); 130 interrupted (Ctrl-C; nothing written); 143 terminated (SIGTERM, from
 kill or a cluster scheduler; cleaned up like Ctrl-C). Any other code means a bug.
 
-Every input and output is checked before any work starts (``core.outputs.plan_output``: never over an
+Every input and output is checked before any work starts (``core.io.outputs.plan_output``: never over an
 input, an existing output only with --overwrite), and models and images are written atomically at the
-very end (``core.atomic``), so a failed or interrupted run leaves no partial files behind.
+very end (``core.io.atomic``), so a failed or interrupted run leaves no partial files behind.
 
 One module per command (``train``, ``predict``, ``calibrate``, ``noise``, ``export``, ``demo``, ``info``:
 each a thin layer that reads its arguments, calls the engine and prints), ``parser`` (arguments and help),

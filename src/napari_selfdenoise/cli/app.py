@@ -86,7 +86,7 @@ def _forget_interrupt() -> None:
 
 
 def _under_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1  # not core.distributed's: that imports torch
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1  # not core.training.distributed's: that imports torch
 
 
 def _message(err: BaseException) -> str:

@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import plan_output, plan_outputs, same_file
+from ..core.io.outputs import plan_output, plan_outputs, same_file
 from .common import IMAGE_SUFFIXES, check_input, duration, hint_blind_radius, read, say, write_json
 
 
 def cmd_calibrate(args) -> int:
-    from ..core.axes import validate_axes
-    from ..core.classic import DENOISER_PARAMETERS, calibrate_and_denoise
-    from ..core.io import write_image
+    from ..core.data.axes import validate_axes
+    from ..core.io.images import write_image
+    from ..core.methods.classic import DENOISER_PARAMETERS, calibrate_and_denoise
 
     if args.axes:
         validate_axes(args.axes)
@@ -64,7 +64,7 @@ def _calibration_table(result) -> str:
     low, high = min(r[2] for r in rows), max(r[2] for r in rows)
     width = max(len(name) for name, _, _ in rows)
     lines = ["self-supervised loss per parameter (lower is better; * = chosen):"]
-    from ..core.classic import DENOISER_PARAMETERS
+    from ..core.methods.classic import DENOISER_PARAMETERS
 
     for name, p, loss in rows:
         bar = "#" * (1 + round(19 * (loss - low) / (high - low))) if high > low else "#"

@@ -23,7 +23,7 @@ def say(*args) -> None:
 
 def hint_blind_radius(image, flag: str) -> None:
     """Tell the user (stderr) when the noise looks shared by neighbouring pixels and how to set the option."""
-    from ..core.blind_radius import shared_noise_hint
+    from ..core.methods.blind_radius import shared_noise_hint
 
     hint = shared_noise_hint(image.data, image.axes)
     if hint:
@@ -46,14 +46,14 @@ def loss_text(value) -> str:
 
 
 def check_device(name: str):
-    from ..core.device import resolve_device
+    from ..core.nn.device import resolve_device
 
     return resolve_device(name)
 
 
 def check_method(name: str, auto: bool = False) -> str:
-    from ..core.auto import AUTO
     from ..core.methods import CLASSIC, method_names
+    from ..core.training.auto import AUTO
 
     names = ([AUTO] if auto else []) + method_names(include_classic=False)
     if name not in names:
@@ -81,7 +81,7 @@ def read(path, axes: str | None, fallback_axes: str | None = None, lazy: bool | 
     """Read an image: ``axes`` if given, else the file's metadata, else ``fallback_axes``."""
     from functools import partial
 
-    from ..core.io import read_image
+    from ..core.io.images import read_image
 
     read_image = partial(read_image, dask=dask)
 
@@ -111,13 +111,13 @@ def read(path, axes: str | None, fallback_axes: str | None = None, lazy: bool | 
 
 
 def check_input(image, name: str):
-    from ..core.data import check_image
+    from ..core.data.checks import check_image
 
     return check_image(image.data, image.axes, name)
 
 
 def write_json(path: Path, data) -> None:
-    from ..core.atomic import atomic_write
+    from ..core.io.atomic import atomic_write
 
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -7,7 +7,7 @@ import time
 from contextlib import nullcontext
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import plan_output
+from ..core.io.outputs import plan_output
 from .common import check_device, check_method, duration, say
 from .progress import TileProgress, train_with_progress
 
@@ -29,9 +29,9 @@ def cmd_demo(args) -> int:
             plan_output(folder / name, overwrite=args.overwrite)
     device = check_device(args.device)
 
+    from ..core.data.synthetic import add_noise, fluorescence_image, psnr
     from ..core.denoiser import Denoiser
-    from ..core.io import write_image
-    from ..core.synthetic import add_noise, fluorescence_image, psnr
+    from ..core.io.images import write_image
 
     started = time.perf_counter()
     clean = fluorescence_image(DEMO_SHAPE, seed=args.seed)
@@ -50,7 +50,7 @@ def cmd_demo(args) -> int:
         progress.close()
 
     before, after = psnr(clean, noisy), psnr(clean, denoised)
-    from ..core.atomic import atomic_write
+    from ..core.io.atomic import atomic_write
 
     # A new folder appears only with all four files in it (a full disk leaves no empty folder).
     with nullcontext(folder) if folder.is_dir() else atomic_write(folder, overwrite=False) as where:

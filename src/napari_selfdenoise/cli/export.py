@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import plan_output
+from ..core.io.outputs import plan_output
 from .common import check_input, duration, load_ours, read, say
 
 

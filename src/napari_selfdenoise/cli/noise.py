@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import plan_output
+from ..core.io.outputs import plan_output
 from .common import check_input, read, say
 from .progress import TileProgress
 
@@ -27,7 +27,7 @@ def cmd_noise(args) -> int:
     finally:
         progress.close()
     curve = noise_curve(image.data, outputs["denoised"], outputs.get("noise_std"), bins=args.bins)
-    from ..core.atomic import atomic_write
+    from ..core.io.atomic import atomic_write
 
     with atomic_write(out) as tmp:
         curve.write_csv(tmp)

@@ -40,7 +40,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
             text = text.replace("{methods}", ", ".join(method_names(include_classic=False)))
         if "{devices}" in text:
-            from ..core.device import available_devices
+            from ..core.nn.device import available_devices
 
             text = text.replace("{devices}", ", ".join(available_devices()))
         return text

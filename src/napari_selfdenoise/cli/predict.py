@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import is_zarr_path, output_folder, plan_outputs
+from ..core.io.outputs import is_zarr_path, output_folder, plan_outputs
 from .common import IMAGE_SUFFIXES, check_device, check_input, duration, read, say
 from .progress import TileProgress
 
@@ -17,10 +17,10 @@ _OUTPUT_SUFFIXES = IMAGE_SUFFIXES + (".zarr",)  # predict also streams into OME-
 
 
 def cmd_predict(args) -> int:
-    from ..core.atomic import check_free_space
-    from ..core.axes import validate_axes
+    from ..core.data.axes import validate_axes
+    from ..core.data.lazy import LAZY_THRESHOLD, nbytes
     from ..core.denoiser import Denoiser
-    from ..core.lazy import LAZY_THRESHOLD, nbytes
+    from ..core.io.atomic import check_free_space
 
     if args.axes:
         validate_axes(args.axes)
@@ -103,7 +103,7 @@ def _prediction_options(args) -> dict:
 
 
 def _predict_in_memory(args, model, path, target, std_target, label) -> None:
-    from ..core.io import write_image
+    from ..core.io.images import write_image
 
     image = read(path, args.axes, model.config.axes)
     progress = TileProgress(label, args.quiet)
@@ -129,7 +129,7 @@ def _predict_streamed(args, model, path, target, std_target, label) -> None:
 
 
 def _predict_distributed(args, model, targets, std_targets) -> None:
-    from ..core.cluster import FileJob, connect, predict_files
+    from ..core.predict.cluster import FileJob, connect, predict_files
 
     jobs = []
     for path, target, std_target in zip(args.inputs, targets, std_targets):

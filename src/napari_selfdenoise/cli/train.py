@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..core.errors import SelfDenoiseError
-from ..core.outputs import plan_output
+from ..core.io.outputs import plan_output
 from .common import (
     check_device,
     check_input,
@@ -28,7 +28,7 @@ _SET_BY_COMMAND = {"method", "axes", "device", "steps", "epochs", "time_limit", 
 
 
 def cmd_train(args) -> int:
-    from ..core.axes import validate_axes
+    from ..core.data.axes import validate_axes
 
     out = plan_output(args.out, inputs=[*args.inputs, args.start_from], overwrite=args.overwrite, kind="model file")
     if args.axes:
@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
         check_input(image, Path(image.path).name)
         model.check_training_image(image.data.shape, image.axes, Path(image.path).name)
 
-    from ..core import distributed
+    from ..core.training import distributed
 
     group = distributed.init_from_env(args.device)  # torchrun: join the other processes
     try:
@@ -92,7 +92,7 @@ def _train_and_save(model, images, out, device, group, quiet: bool, start_from=N
     verb = f"fine-tuning {method} (from {Path(start_from).name}, {model.state.step} steps)" if start_from \
         else f"training {method}"
     if model.method is None:  # auto: the candidates race
-        from ..core.auto import check_candidates
+        from ..core.training.auto import check_candidates
 
         verb += f" (the classic filter, then {', '.join(check_candidates(config.method_options))} race)"
     options = model.method.options if model.method is not None else {"blind_radius": 0, **config.method_options}

@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .axes import validate_axes
+from .data.axes import validate_axes
 from .errors import SelfDenoiseError
 
 

@@ -13,16 +13,15 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .auto import AUTO, CLASSIC, AutoResult
-from .axes import make_layout
 from .bmz import ForeignModel, NativeInPackage, export_bmz, is_bmz_package, read_bmz
 from .config import TrainConfig
-from .data import check_image, check_same_axes_shape
-from .device import resolve_device
+from .data.axes import make_layout
+from .data.checks import check_image, check_same_axes_shape
+from .data.lazy import LAZY_THRESHOLD, as_array, nbytes
+from .data.normalize import Normalization
+from .data.patches import sample_crop
 from .errors import ModelFileError, SelfDenoiseError
-from .lazy import LAZY_THRESHOLD, as_array, nbytes
-from .methods import get_method, options_from_file
-from .modelfile import (
+from .io.modelfile import (
     check_architecture,
     check_finite_weights,
     flatten_optimizer_state,
@@ -31,13 +30,14 @@ from .modelfile import (
     save_model,
     unflatten_optimizer_state,
 )
-from .networks import ARCHITECTURE_DEFAULTS, auto_z_levels, build_network
-from .normalize import Normalization
-from .patches import sample_crop
-from .prediction import TiledPredictor
+from .methods import get_method, options_from_file
+from .nn.device import resolve_device
+from .nn.networks import ARCHITECTURE_DEFAULTS, auto_z_levels, build_network
+from .predict.streaming import predict_to_disk
+from .predict.tiled import TiledPredictor
 from .steps import drain
-from .streaming import predict_to_disk
-from .training import ProgressEvent, Trainer, TrainingState
+from .training.auto import AUTO, CLASSIC, AutoResult
+from .training.trainer import ProgressEvent, Trainer, TrainingState
 
 
 class Denoiser:
@@ -47,7 +47,7 @@ class Denoiser:
     >>> model.fit(noisy)                # or: for event in model.train(noisy): ...
     >>> clean = model.predict(noisy)    # float32, the input's shape and units
 
-    Method "auto" (the default) races the candidates on one self-supervised score (``core.auto``): its
+    Method "auto" (the default) races the candidates on one self-supervised score (``core.training.auto``): its
     first event carries the calibrated classical filter (``extra["classic"]``), every event the live score
     table (``extra["scores"]``: a list of {method, score, stderr, steps, status, elapsed}, status "running",
     "dropped" or "winner") and the candidate training (``extra["candidate"]``); the last one (done) also
@@ -63,7 +63,7 @@ class Denoiser:
         if self.method is not None:  # every option's value goes into model files (Method.legacy_defaults)
             self.config = replace(self.config, method_options=dict(self.method.options))
         if self.method is None:
-            from .auto import check_candidates, split_options
+            from .training.auto import check_candidates, split_options
 
             per_candidate = split_options(self.config.method_options, check_candidates(self.config.method_options))
             for name, candidate_options in per_candidate.items():  # checked now, not when the race reaches them
@@ -107,8 +107,8 @@ class Denoiser:
         yield from self._trainer.run()
 
     def _train_auto(self, arrays) -> Iterator[ProgressEvent]:
-        """Race the candidates (``core.auto.Race``), then become the winning neural candidate."""
-        from .auto import Race
+        """Race the candidates (``core.training.auto.Race``), then become the winning neural candidate."""
+        from .training.auto import Race
 
         self._race = Race(self.config, arrays)
         if self._stop_pending:  # stop() came while the race was being set up
@@ -298,7 +298,7 @@ class Denoiser:
 
     def _classic_steps(self, image, axes: str | None = None):
         """The classical filter that won the race, on the whole image (``denoised`` only)."""
-        from .classic import denoise_classic
+        from .methods.classic import denoise_classic
 
         image = as_array(image)
         layout = check_image(image, axes or self.config.axes)
@@ -385,9 +385,9 @@ class Denoiser:
 
         A package exported by napari-selfdenoise gives the full ``Denoiser`` again (it can go on training);
         a foreign single-input, single-output package gives a prediction-only ``core.bmz.ForeignModel``
-        (both are ``core.predictor.Predictor``s). A foreign package whose weights are TorchScript is a
+        (both are ``core.predict.predictor.Predictor``s). A foreign package whose weights are TorchScript is a
         program written by its author: it is refused (``UntrustedCodeError``) unless ``trust_code=True``,
-        and then runs in a separate, memory-bounded process (``core.sandbox``); with
+        and then runs in a separate, memory-bounded process (``core.trust.sandbox``); with
         ``describe_untrusted`` it is returned without its weights, for ``describe()`` (``selfdenoise info``).
         """
         if not is_bmz_package(path):

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .axes import make_layout
+from .data.axes import make_layout
+from .data.lazy import LAZY_THRESHOLD, is_lazy, nbytes
 from .denoiser import Denoiser
 from .errors import SelfDenoiseError
-from .lazy import LAZY_THRESHOLD, is_lazy, nbytes
-from .predictor import Predictor
+from .predict.predictor import Predictor
 from .steps import Stage, staged
 
 PREVIEW_SIZE = 256  # preview crop edge in Y and X: cheap enough to predict every few seconds on a CPU
@@ -112,7 +112,7 @@ def train_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | 
 def auto_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | None = None,
              preview: tuple[slice, ...] | None = None, tta: bool = False):
     """``train_job`` for method "auto" (``Denoiser()`` or ``Denoiser("auto", ...)``): race the candidates
-    (``core.auto``) and denoise the whole image with the winner.
+    (``core.training.auto``) and denoise the whole image with the winner.
 
     Messages, in order:
     - the first ``ProgressEvent`` (step 0, seconds after the start) has ``extra["classic"]`` (the
@@ -129,8 +129,8 @@ def auto_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | N
     The ``JobResult`` holds the winner's outputs and ``extra["auto"]`` (also ``denoiser.auto``, and in the
     saved model file); ``denoiser.stop()`` ends the race early (the best candidate so far wins).
     """
-    from .classic import denoise_classic
-    from .normalize import Normalization
+    from .data.normalize import Normalization
+    from .methods.classic import denoise_classic
 
     steps = train_job(denoiser, image, regions, preview, tta)
     while True:
@@ -153,7 +153,7 @@ def auto_job(denoiser: Denoiser, image: np.ndarray, regions: Sequence[tuple] | N
 
 def classic_job(image: np.ndarray, axes: str, denoisers: Sequence[str] | None = None, blind_radius: int = 0):
     """Calibrate the classic denoisers with the self-supervised loss, then apply the winner."""
-    from .classic import DEFAULT_DENOISERS, calibration_steps, denoise_classic
+    from .methods.classic import DEFAULT_DENOISERS, calibration_steps, denoise_classic
     from .noise import noise_curve
 
     image = np.asarray(image)  # the classic filters work in memory
@@ -185,7 +185,7 @@ def predict_any_size(denoiser: Predictor, image, axes: str | None = None, **opti
 
     import dask.array as da
 
-    from .streaming import output_axes
+    from .predict.streaming import output_axes
 
     axes = axes or denoiser.axes
     folder = Path(tempfile.mkdtemp(prefix="selfdenoise-"))

@@ -20,12 +20,12 @@ import torch
 import yaml
 
 from ... import __version__
-from ..atomic import atomic_write
-from ..data import check_image
+from ..data.checks import check_image
+from ..data.patches import sample_crop
 from ..errors import SelfDenoiseError
-from ..networks import build_export_network, receptive_radius
-from ..outputs import plan_output
-from ..patches import sample_crop
+from ..io.atomic import atomic_write
+from ..io.outputs import plan_output
+from ..nn.networks import build_export_network, receptive_radius
 from .package import CONFIG_KEY, NATIVE, RDF
 from .png import cover_png
 
@@ -282,7 +282,7 @@ def _package_files(denoiser, sample, name, description, authors, license, tags) 
             "pytorch_state_dict": {
                 "source": "weights.pt", "sha256": _sha256(files["weights.pt"]),
                 "architecture": {"callable": type(network).__name__,
-                                 "import_from": "napari_selfdenoise.core.networks",
+                                 "import_from": "napari_selfdenoise.core.nn.networks",
                                  "kwargs": {k: v for k, v in arch.items()}},
                 "pytorch_version": torch_version,
                 "dependencies": {"source": "environment.yaml", "sha256": _sha256(files["environment.yaml"])},

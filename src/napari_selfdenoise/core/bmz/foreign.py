@@ -10,19 +10,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..axes import make_layout
-from ..data import check_image
-from ..device import resolve_device
+from ..data.axes import make_layout
+from ..data.checks import check_image
+from ..data.lazy import as_array, nbytes
 from ..errors import ModelFileError, SelfDenoiseError, UntrustedCodeError
-from ..lazy import as_array, nbytes
-from ..modelfile import check_architecture, check_finite_weights
-from ..networks import EXPORT_NETWORKS
-from ..prediction import TilePlan, check_tile
-from ..safeonnx import check_onnx, onnx_available
-from ..safetorch import check_torchscript, read_state_dict
-from ..sandbox import ModelProcess
+from ..io.modelfile import check_architecture, check_finite_weights
+from ..nn.device import resolve_device
+from ..nn.networks import EXPORT_NETWORKS
+from ..predict.streaming import check_target, tile_reader, write_blocks
+from ..predict.tiled import TilePlan, check_tile
 from ..steps import drain
-from ..streaming import check_target, tile_reader, write_blocks
+from ..trust.safeonnx import check_onnx, onnx_available
+from ..trust.safetorch import check_torchscript, read_state_dict
+from ..trust.sandbox import ModelProcess
 from .tensors import apply_step, parse_axes, step_problem
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class ForeignModel:
     post-processing is applied to the result.
     """
 
-    trainable = False  # a ``core.predictor.Predictor``, not a ``Denoiser``: nothing else of it is there
+    trainable = False  # a ``core.predict.predictor.Predictor``, not a ``Denoiser``: nothing else of it is there
     outputs = ("denoised",)
 
     def __init__(self, package: _Package, trust_code: bool = False, *, describe_untrusted: bool = False):
@@ -148,7 +148,7 @@ class ForeignModel:
     def _load_weights(self, package, weights, where, trust_code: bool, describe_untrusted: bool):
         """The network as data when the package has our architecture's state dict (no trust needed); else
         its ONNX model (checked, no trust needed) or its TorchScript (only when trusted), kept as bytes for
-        the child process. Returns the in-process network, or None (run by ``core.sandbox``)."""
+        the child process. Returns the in-process network, or None (run by ``core.trust.sandbox``)."""
         if not isinstance(weights, dict) or not weights:
             raise ModelFileError(f"{where} has no weights entry")
         state = weights.get("pytorch_state_dict")
@@ -159,7 +159,7 @@ class ForeignModel:
             else:  # 0.4: "module.path:Name"
                 module, _, callable_ = str(architecture or "").rpartition(":")
             names = {cls.__name__: cls for cls in EXPORT_NETWORKS.values()}
-            if module == "napari_selfdenoise.core.networks" and isinstance(callable_, str) and callable_ in names:
+            if module == "napari_selfdenoise.core.nn.networks" and isinstance(callable_, str) and callable_ in names:
                 kwargs = (architecture.get("kwargs") if isinstance(architecture, dict) else state.get("kwargs")) or {}
                 # sizes from the file are bounded before anything is read or built (B, issue 13)
                 check_architecture(kwargs, f"{where} (pytorch_state_dict architecture)")
@@ -431,7 +431,7 @@ class ForeignModel:
     @contextlib.contextmanager
     def _runner(self, device):
         """A function tile -> first output (float32), for the length of one prediction: ONNX and TorchScript
-        in a child process (``core.sandbox``, ended when the prediction ends), our networks in this one."""
+        in a child process (``core.trust.sandbox``, ended when the prediction ends), our networks in this one."""
         if self._child_weights is not None:
             data, name, kind = self._child_weights
             with ModelProcess(data, name, device=str(device), kind=kind) as child:

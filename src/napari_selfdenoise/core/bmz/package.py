@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ModelFileError
-from ..modelfile import ZIP_ERRORS, ModelContents, check_zip_file, load_model, open_zip, read_entry, unsafe_name
+from ..io.modelfile import ZIP_ERRORS, ModelContents, check_zip_file, load_model, open_zip, read_entry, unsafe_name
 from .foreign import ForeignModel
 
 RDF = "rdf.yaml"

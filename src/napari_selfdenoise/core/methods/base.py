@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..blind_radius import check_blind_radius
 from ..errors import SelfDenoiseError
+from .blind_radius import check_blind_radius
 
 
 class Method:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..blind_radius import grid_spacing
 from .base import Method
+from .blind_radius import grid_spacing
 from .masking import grid_mask, hide_blind_spots, masked_mse, phase_grid_mask, replace_with_donut_mean
 
 

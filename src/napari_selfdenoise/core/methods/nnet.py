@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..blind_radius import grid_spacing
 from ..errors import SelfDenoiseError
-from ..networks import mixture_std
+from ..nn.networks import mixture_std
 from .base import Method
+from .blind_radius import grid_spacing
 from .masking import donut_mean, grid_mask, hide_blind_spots, phase_grid_mask
 
 

@@ -1,0 +1,1 @@
+"""Files: image reading and writing, model files, atomic writes and the output rules."""

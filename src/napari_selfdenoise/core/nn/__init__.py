@@ -1,0 +1,1 @@
+"""The networks (U-Nets, N2V2, the N-net noise head) and the choice of device."""

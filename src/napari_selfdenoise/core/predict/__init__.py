@@ -1,0 +1,1 @@
+"""Prediction: tiles and the inference kernel, the Predictor protocol, streaming to disk and dask clusters."""

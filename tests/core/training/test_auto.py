@@ -1,0 +1,199 @@
+"""Method "auto": the shared self-supervised score, the race, the record in the model file, the quality estimate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_selfdenoise.core import jobs
+from napari_selfdenoise.core.config import TrainConfig
+from napari_selfdenoise.core.data.normalize import Normalization
+from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.denoiser import Denoiser
+from napari_selfdenoise.core.errors import SelfDenoiseError
+from napari_selfdenoise.core.methods import METHODS
+from napari_selfdenoise.core.methods.classic import CalibrationResult
+from napari_selfdenoise.core.methods.masking import masked_mse
+from napari_selfdenoise.core.methods.n2s import Noise2Self
+from napari_selfdenoise.core.training import auto
+from napari_selfdenoise.core.training.auto import (
+    CLASSIC,
+    Evaluation,
+    HeldOut,
+    classic_predictor,
+    clearly_worse,
+    noise_variance_from_data,
+    quality_estimate,
+    rung_fractions,
+    rung_steps,
+    shared_noise_of,
+    split_options,
+)
+from napari_selfdenoise.core.training.trainer import ProgressEvent
+
+SIGMA = 0.1
+
+
+@pytest.fixture(scope="module")
+def scene():
+    clean = fluorescence_image((192, 192), seed=3)
+    return clean, add_noise(clean, "gaussian", sigma=SIGMA, seed=4)
+
+
+def held_out(image) -> HeldOut:
+    return HeldOut([np.ascontiguousarray(image[None, None], dtype=np.float32)])
+
+
+def gaussian(sigma: float):
+    return classic_predictor(CalibrationResult("gaussian", "sigma", sigma), Normalization("percentile", [0.0], [1.0]))
+
+
+def true_mse(evaluation: Evaluation, clean) -> float:
+    """The true error of the J-invariant predictions that were scored."""
+    return float(np.mean((evaluation.predictions[0][0] - clean) ** 2))
+
+
+def test_default_method_is_auto():
+    assert TrainConfig().method == "auto" and Denoiser().config.method == "auto"
+    assert Denoiser().method is None  # a method only once the race has chosen it
+
+
+def test_score_ranks_like_the_true_error_and_is_it_plus_the_noise_variance(scene):
+    clean, noisy = scene
+    held = held_out(noisy)
+    evaluations = [held.evaluate(gaussian(s)) for s in (0.5, 1.0, 2.0, 4.0)]
+    scores = [e.score for e in evaluations]
+    truths = [true_mse(e, clean) for e in evaluations]
+    assert np.argsort(scores).tolist() == np.argsort(truths).tolist()
+    # Noise2Self: score = true error + noise variance (up to sampling noise, a few standard errors)
+    for evaluation, truth in zip(evaluations, truths):
+        assert abs(evaluation.score - SIGMA**2 - truth) < 4 * evaluation.stderr + 2e-4
+    # the over-smoothing filter is clearly worse than the best, the best is not clearly worse than itself
+    best = evaluations[int(np.argmin(scores))]
+    assert clearly_worse(evaluations[3], best) and not clearly_worse(best, best)
+
+
+def test_every_pixel_is_scored_once_and_only_from_its_neighbours(scene):
+    _, noisy = scene
+    held = held_out(noisy)
+    leaks = []
+
+    def identity(hidden):  # the "denoiser" that returns its input: J-invariant only through the hiding
+        leaks.append(hidden)
+        return hidden
+
+    evaluation = held.evaluate(identity)
+    assert np.isfinite(evaluation.errors[0]).all()  # all phases together cover every pixel
+    # it scored the neighbour mean, not the pixel itself (which would give a score of 0)
+    assert evaluation.score > 0.5 * SIGMA**2
+
+
+def test_quality_estimate_within_its_stated_uncertainty(scene):
+    clean, noisy = scene
+    held = held_out(noisy)
+    evaluation = held.evaluate(gaussian(1.0))
+    variance, stderr, mse_stderr = noise_variance_from_data(held.crops, errors=evaluation.errors)
+    assert abs(variance - SIGMA**2) < 0.05 * SIGMA**2
+    estimate = quality_estimate(evaluation, variance, stderr, "data", mse_stderr=mse_stderr)
+    assert estimate.reliable, estimate.reason
+    truth = 10 * math.log10(estimate.peak**2 / true_mse(evaluation, clean))
+    assert estimate.psnr_low <= truth <= estimate.psnr_high, (estimate, truth)
+    assert "PSNR" in estimate.text()
+
+
+def test_quality_estimate_says_when_it_is_not_reliable(scene):
+    clean, noisy = scene
+    held = held_out(noisy)
+    variance, stderr = noise_variance_from_data(held.crops)
+    # a predictor as bad as the noise itself: the loss minus the variance is the error, but a variance
+    # said to be far larger leaves nothing: not reliable, and no number
+    estimate = quality_estimate(held.evaluate(gaussian(1.0)), 10 * variance, stderr, "data")
+    assert not estimate.reliable and estimate.psnr is None and "not reliable" in estimate.text()
+    shared = add_noise(clean, "shared_gaussian", sigma=SIGMA, seed=5)
+    hint = shared_noise_of([shared[None, None]], blind_radius=0)
+    assert hint is not None
+    estimate = quality_estimate(held_out(shared).evaluate(gaussian(1.0)), variance, stderr, "data", hint)
+    assert not estimate.reliable and "shared" in estimate.reason
+
+
+def test_rungs_and_options():
+    assert rung_fractions(2) == [0.25] and rung_fractions(3) == [0.125, 0.25] and rung_fractions(1) == []
+    assert [rung_steps(f, 2000) for f in (0.125, 0.25, 1)] == [250, 500, 2000]
+    assert rung_steps(0.125, 40) == 20  # the floor (at most half the budget)
+    per = split_options({"candidates": ["n2s", "nnet"], "mixture": 2, "blind_radius": 1, "n2s": {"grid": 5}},
+                        ("n2s", "nnet"))
+    assert per == {"n2s": {"blind_radius": 1, "grid": 5}, "nnet": {"mixture": 2, "blind_radius": 1}}
+    with pytest.raises(SelfDenoiseError, match="no option nope"):
+        Denoiser("auto", method_options={"nope": 1})
+    with pytest.raises(SelfDenoiseError, match="candidates"):
+        Denoiser("auto", method_options={"candidates": ["n2s", "bogus"]})
+
+
+class Shifted(Noise2Self):
+    """A candidate crippled on purpose: it learns to predict the pixel four to the right."""
+
+    name = "shifted"
+
+    def training_loss(self, net, batch, gen):
+        from napari_selfdenoise.core.methods.masking import grid_mask, replace_with_donut_mean
+
+        mask = grid_mask((batch.shape[0], *batch.shape[2:]), 4, gen, batch.device)
+        return masked_mse(net(replace_with_donut_mean(batch, mask)), torch.roll(batch, 4, dims=-1), mask)
+
+
+def test_race_drops_the_crippled_candidate_and_records_the_winner(scene, monkeypatch, tmp_path):
+    clean, noisy = scene
+    monkeypatch.setitem(METHODS, "shifted", Shifted)
+    model = Denoiser("auto", "YX", steps=120, patch=32, batch=8, features=8, lr=2e-3, steps_per_epoch=40,
+                     curve_every=0, method_options={"candidates": ["n2s", "shifted"]})
+    messages = list_job(jobs.auto_job(model, noisy, preview=jobs.preview_region(noisy.shape, "YX", size=64)))
+    events = [m for m in messages if isinstance(m, ProgressEvent)]
+    # the classic filter first, with its preview straight after
+    assert "classic" in events[0].extra and isinstance(messages[1], jobs.Stage)
+    assert isinstance(messages[2], jobs.Preview) and messages[2].step == 0
+    assert all("scores" in e.extra for e in events)
+    assert sum(e.done for e in events) == 1 and events[-1].done
+    rows = {row.method: row for row in model.auto.scores}
+    rung = rung_steps(rung_fractions(2)[0], 120)
+    assert rows["shifted"].status == "dropped" and rows["shifted"].steps == rung
+    assert rows["n2s"].steps == 120 and rows["n2s"].score < rows["shifted"].score
+    assert model.config.method == "n2s" and model.state.step == 120 and model.config.steps == 120
+    assert model.auto.winner in ("n2s", CLASSIC) and rows[model.auto.winner].status == "winner"
+    # the live table showed shifted dropped before the end
+    live = [next(r for r in e.extra["scores"] if r["method"] == "shifted")["status"] for e in events]
+    assert "dropped" in live[:-1]
+    # the model file keeps the record; prediction applies the winner
+    result = messages[-1] if isinstance(messages[-1], jobs.JobResult) else None
+    model.save(tmp_path / "m.sdmodel")
+    loaded = Denoiser.load(tmp_path / "m.sdmodel")
+    assert loaded.auto.to_dict() == model.auto.to_dict() and loaded.config.method == "n2s"
+    np.testing.assert_allclose(loaded.predict(noisy), model.predict(noisy), atol=1e-5)
+    assert result is None or result.extra["auto"] is model.auto
+    mse = float(np.mean((model.predict(noisy) - clean) ** 2))
+    assert mse < 0.5 * SIGMA**2  # it denoises
+
+
+def list_job(job):
+    """Every message of a job, and its JobResult last."""
+    messages = []
+    while True:
+        try:
+            messages.append(next(job))
+        except StopIteration as end:
+            messages.append(end.value)
+            return messages
+
+
+def test_stop_ends_the_race_with_the_best_so_far(scene):
+    _, noisy = scene
+    model = Denoiser("auto", "YX", steps=400, patch=32, batch=4, features=8, curve_every=0,
+                     method_options={"candidates": ["n2s", "n2same"]})
+    for event in model.train(noisy):
+        if event.extra.get("candidate") == "n2same" and event.step >= 60:
+            model.stop()
+    assert event.done and event.stopped and model.auto is not None
+    assert model.state.step < 400 and model.config.method in ("n2s", "n2same")
+    assert auto.AutoResult.from_dict(model.auto.to_dict()).winner == model.auto.winner
