@@ -10,7 +10,7 @@ The engine lives in :mod:`napari_selfdenoise.core` and never imports Qt or napar
     model.save("cells.sdmodel")
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Denoiser", "TrainConfig", "__version__"]
 

@@ -63,3 +63,74 @@ def test_public_names_resolve_lazily():
     from napari_selfdenoise.core.denoiser import Denoiser as Facade
 
     assert Denoiser is Facade and TrainConfig is Config
+
+
+def _module_imports(root: Path) -> dict[str, set[str]]:
+    """{module: the package's modules it imports}, imports inside functions included; those under
+    ``if TYPE_CHECKING:`` are left out (they never run)."""
+    import ast
+
+    def name_of(path: Path) -> tuple[str, list[str]]:
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        package = parts[:-1]
+        if parts[-1] == "__init__":
+            parts, package = parts[:-1], parts[:-1]
+        return ".".join(parts), package
+
+    def nodes(node):
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            return
+        for child in ast.iter_child_nodes(node):
+            yield from nodes(child)
+
+    modules = {name_of(p)[0]: p for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package, found = name_of(path)[1], set()
+        for node in nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                base = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _a_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (a list of modules, the first repeated at the end), or None."""
+    state, path = {}, []
+
+    def visit(module):
+        state[module] = "open"
+        path.append(module)
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                return path[path.index(other):] + [other]
+            if other not in state and (cycle := visit(other)):
+                return cycle
+        state[module] = "done"
+        path.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _a_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _a_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycle_anywhere():
+    """Issue 17: no module imports one that imports it back, even from inside a function (imports are
+    deferred only to keep ``import napari_selfdenoise`` and the CLI's start-up free of torch)."""
+    graph = _module_imports(Path(napari_selfdenoise.__file__).parent)
+    assert {"napari_selfdenoise.core.denoiser", "napari_selfdenoise.core.training.auto"} <= set(graph)
+    assert "napari_selfdenoise.core.training.auto" in graph["napari_selfdenoise.core.denoiser"]
+    assert _a_cycle(graph) is None, " -> ".join(_a_cycle(graph))

@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from .. import __version__
+from .._version import __version__
 from ..core.config import TrainConfig
 from .common import EXIT_ERROR, PROG
 from .demo import DEMO_STEPS

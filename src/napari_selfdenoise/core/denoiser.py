@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from .bmz import ForeignModel, NativeInPackage, export_bmz, is_bmz_package, read_bmz
 from .config import TrainConfig
 from .data.axes import make_layout
@@ -110,7 +110,7 @@ class Denoiser:
         """Race the candidates (``core.training.auto.Race``), then become the winning neural candidate."""
         from .training.auto import Race
 
-        self._race = Race(self.config, arrays)
+        self._race = Race(self.config, arrays, new_candidate=Denoiser)
         if self._stop_pending:  # stop() came while the race was being set up
             self._race.stop()
         try:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from ... import __version__
+from ..._version import __version__
 from ..data.checks import check_image
 from ..data.patches import sample_crop
 from ..errors import SelfDenoiseError

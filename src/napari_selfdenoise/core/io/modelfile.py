@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ... import __version__
+from ..._version import __version__
 from ..config import is_finite_number as _is_number
 from ..errors import ModelFileError, SelfDenoiseError
 from .atomic import atomic_write

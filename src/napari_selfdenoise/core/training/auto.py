@@ -36,6 +36,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -525,9 +526,9 @@ class Race:
     best neural one when the classical filter won).
     """
 
-    def __init__(self, config: TrainConfig, arrays):
-        from ..denoiser import Denoiser
-
+    def __init__(self, config: TrainConfig, arrays, new_candidate: Callable[..., Any]):
+        # new_candidate(config=...) makes a candidate: the Denoiser class, passed in so that this module
+        # does not import denoiser.py (which imports this one).
         self.config = config
         options = dict(config.method_options)
         self.names = check_candidates(options)
@@ -537,7 +538,7 @@ class Race:
         for name in self.names:
             candidate_config = TrainConfig.from_dict({**config.to_dict(), "method": name,
                                                       "method_options": per[name]})
-            self.candidates[name] = Denoiser(config=candidate_config)  # checks each one's options
+            self.candidates[name] = new_candidate(config=candidate_config)  # checks each one's options
         self.arrays = arrays
         self.current = None  # the candidate training now (previews use it)
         self.winner = None
