@@ -134,3 +134,18 @@ def test_no_import_cycle_anywhere():
     assert {"napari_selfdenoise.core.denoiser", "napari_selfdenoise.core.training.auto"} <= set(graph)
     assert "napari_selfdenoise.core.training.auto" in graph["napari_selfdenoise.core.denoiser"]
     assert _a_cycle(graph) is None, " -> ".join(_a_cycle(graph))
+
+
+def test_the_base_packages_never_import_the_layers_above():
+    """core/'s layout (ARCHITECTURE.md): data/ io/ nn/ methods/ trust/ are the base; training/,
+    predict/, bmz/, jobs.py and the Denoiser build on them, never the other way round."""
+    core = "napari_selfdenoise.core."
+    base, above = ("data", "io", "nn", "methods", "trust"), ("training", "predict", "bmz", "jobs", "denoiser")
+    graph = _module_imports(Path(napari_selfdenoise.__file__).parent)
+
+    def part(module):
+        return module[len(core):].split(".")[0] if module.startswith(core) else None
+
+    assert any(part(m) == "methods" for m in graph) and any(part(m) == "predict" for m in graph)
+    wrong = {m: sorted(d for d in deps if part(d) in above) for m, deps in graph.items() if part(m) in base}
+    assert not {m: d for m, d in wrong.items() if d}

@@ -4,7 +4,7 @@
 
 Each ``compat-<version>-<method>.sdmodel`` is a tiny network trained a few steps on a seeded synthetic image
 (with its optimizer state and kept crop), and ``...-expected.npy`` its prediction on another seeded synthetic
-image. ``tests/core/test_compat.py`` checks that today's code loads every file here and predicts the same.
+image. ``tests/core/io/test_compat.py`` checks that today's code loads every file here and predicts the same.
 Never regenerate an existing file: add new ones next to it.
 """
 
