@@ -33,6 +33,7 @@ from .io.modelfile import (
 from .methods import get_method, options_from_file
 from .nn.device import resolve_device
 from .nn.networks import ARCHITECTURE_DEFAULTS, auto_z_levels, build_network
+from .predict.predictor import check_fits
 from .predict.streaming import predict_to_disk
 from .predict.tiled import TiledPredictor
 from .steps import drain
@@ -98,7 +99,7 @@ class Denoiser:
         sources = [layout.to_canonical(array) for layout, array in zip(layouts, arrays)]
         if self.network is None:
             self._build(layouts[0].channels, 3 if layouts[0].is_3d else 2, sources)
-        self._check_compatible(layouts[0])
+        self.check_layout(layouts[0])
         if self.sample is None:
             self.sample = sample_crop(sources[0], self.architecture["depth"])
         self._trainer = Trainer(self.config, self.method, self.network, sources, self.normalization, self.state)
@@ -197,7 +198,7 @@ class Denoiser:
         model (before any data is read: pickers call it as the user chooses)."""
         if self.architecture is None:
             raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
-        self._check_compatible(make_layout(tuple(shape), axes or self.config.axes))
+        self.check_layout(make_layout(tuple(shape), axes or self.config.axes))
 
     def check_training_image(self, shape, axes: str | None = None, name: str = "image") -> None:
         """Raise a ``SelfDenoiseError`` saying why an image of ``shape`` cannot be trained on with this
@@ -205,7 +206,7 @@ class Denoiser:
         (``check_axes``), and the patch and the U-Net's poolings must fit in it."""
         layout = make_layout(tuple(shape), axes or self.config.axes)
         if self.architecture is not None:
-            self._check_compatible(layout)
+            self.check_layout(layout)
         config, size = self.config, dict(zip(layout.axes, layout.shape))
         multiple = 2**config.depth
         small = min(size["Y"], size["X"])
@@ -226,17 +227,8 @@ class Denoiser:
                     f"{name} has {size['Z']} Z planes, fewer than the {2**levels} that {levels} Z poolings "
                     f"need; use --z-levels {fits} or fewer (or leave it out: automatic)")
 
-    def _check_compatible(self, layout) -> None:
-        dims = 3 if layout.is_3d else 2
-        if dims != self.architecture["dims"]:
-            want = "3D (with a Z axis)" if self.architecture["dims"] == 3 else "2D (without a Z axis)"
-            hint = (f"; to denoise the planes one by one, give the axes as {layout.axes.replace('Z', 'T')!r}"
-                    if dims == 3 and "T" not in layout.axes else "")
-            raise SelfDenoiseError(f"this model is {want}, but the image axes are {layout.axes!r}{hint}")
-        if layout.channels != self.architecture["in_channels"]:
-            raise SelfDenoiseError(
-                f"this model expects {self.architecture['in_channels']} channel(s), the image has {layout.channels}"
-            )
+    def check_layout(self, layout) -> None:
+        check_fits(layout, self.architecture["dims"], self.architecture["in_channels"])
 
     @property
     def trained(self) -> bool:
@@ -283,7 +275,7 @@ class Denoiser:
             raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
         image = as_array(image)
         layout = check_image(image, axes or self.config.axes)
-        self._check_compatible(layout)
+        self.check_layout(layout)
         training = self._trainer is not None and self._trainer.running
         predictor = self.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device, precision=precision,
                                    compiled=compiled)
@@ -302,7 +294,7 @@ class Denoiser:
 
         image = as_array(image)
         layout = check_image(image, axes or self.config.axes)
-        self._check_compatible(layout)
+        self.check_layout(layout)
         chosen = self.auto.classic
         yield 0, 1
         denoised = denoise_classic(np.asarray(image), layout.axes, chosen["denoiser"], chosen["parameter"],

@@ -153,7 +153,7 @@ def export_bmz(denoiser, path, *, name: str | None = None, description: str | No
     depth = denoiser.architecture["depth"]
     if image is not None:
         layout = check_image(image, axes or denoiser.config.axes, "the test image")
-        denoiser._check_compatible(layout)
+        denoiser.check_layout(layout)
         sample = sample_crop(layout.to_canonical(image), depth)
         if sample is None:
             raise SelfDenoiseError(f"the test image is smaller than {2**depth} pixels along an axis; "

@@ -17,6 +17,7 @@ from ..errors import ModelFileError, SelfDenoiseError, UntrustedCodeError
 from ..io.modelfile import check_architecture, check_finite_weights
 from ..nn.device import resolve_device
 from ..nn.networks import EXPORT_NETWORKS
+from ..predict.predictor import check_fits
 from ..predict.streaming import check_target, tile_reader, write_blocks
 from ..predict.tiled import TilePlan, check_tile
 from ..steps import drain
@@ -211,20 +212,10 @@ class ForeignModel:
 
     # ------------------------------------------------------------------ checking
     def check_axes(self, shape, axes: str | None = None) -> None:
-        self._check_compatible(make_layout(tuple(shape), axes or self.axes))
+        self.check_layout(make_layout(tuple(shape), axes or self.axes))
 
-    def _check_compatible(self, layout) -> None:
-        dims = 3 if layout.is_3d else 2
-        if dims != self.dims:
-            want = "3D (with a Z axis)" if self.dims == 3 else "2D (without a Z axis)"
-            hint = (f"; to denoise the planes one by one, give the axes as {layout.axes.replace('Z', 'T')!r}"
-                    if dims == 3 and "T" not in layout.axes else "")
-            raise SelfDenoiseError(f"this model is {want}, but the image axes are {layout.axes!r}{hint}")
-        if self.in_channels is not None and layout.channels != self.in_channels:
-            raise SelfDenoiseError(f"this model expects {self.in_channels} channel(s), the image has "
-                                   f"{layout.channels}")
-        if self.out_channels is not None and self.out_channels != 1 and "C" not in layout.axes:
-            raise SelfDenoiseError(f"this model outputs {self.out_channels} channels; give the image a C axis")
+    def check_layout(self, layout) -> None:
+        check_fits(layout, self.dims, self.in_channels, self.out_channels)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, image, axes: str | None = None, **options) -> np.ndarray:
@@ -239,7 +230,7 @@ class ForeignModel:
         our own networks (``tta``, ``batch_size``, ``precision``, ``compiled``) have no effect here; they
         are accepted so that a front end passes the same options to every ``Predictor``."""
         layout = check_image(image, axes or self.axes)
-        self._check_compatible(layout)
+        self.check_layout(layout)
         canonical = layout.to_canonical(image)
         plan = self.plan(layout.spatial_shape, tile)
         whole = tuple((0, size) for size in layout.spatial_shape)
@@ -282,7 +273,7 @@ class ForeignModel:
         predicts images that fit in memory only (one line says so)."""
         image = as_array(image)
         layout = check_image(image, axes or self.axes)
-        self._check_compatible(layout)
+        self.check_layout(layout)
         unknown = set(targets) - set(self.outputs)
         if unknown:
             raise SelfDenoiseError(f"{Path(self.path).name} has no {', '.join(sorted(unknown))} output; it has "

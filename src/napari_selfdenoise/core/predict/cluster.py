@@ -82,7 +82,7 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
         try:
             for job in jobs:
                 image, layout = _open_input(job.path, job.axes)
-                model._check_compatible(layout)
+                model.check_layout(layout)
                 paths = {n: check_target(p, overwrite) for n, p in job.targets.items()}
                 temps = open_outputs(stack, paths, overwrite)
                 sinks, block_shape = open_sinks(paths, temps, layout, image.scale, image.units, block,

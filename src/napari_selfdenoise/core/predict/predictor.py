@@ -14,7 +14,23 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import SelfDenoiseError
+
 Progress = Callable[[int, int], None]
+
+
+def check_fits(layout, dims: int, in_channels: int | None, out_channels: int | None = None) -> None:
+    """The one compatibility check of an image (``axes.Layout``) against a network: 2D or 3D, the
+    number of input channels, and a C axis for a network that outputs several channels."""
+    if (3 if layout.is_3d else 2) != dims:
+        want = "3D (with a Z axis)" if dims == 3 else "2D (without a Z axis)"
+        hint = (f"; to denoise the planes one by one, give the axes as {layout.axes.replace('Z', 'T')!r}"
+                if layout.is_3d and "T" not in layout.axes else "")
+        raise SelfDenoiseError(f"this model is {want}, but the image axes are {layout.axes!r}{hint}")
+    if in_channels is not None and layout.channels != in_channels:
+        raise SelfDenoiseError(f"this model expects {in_channels} channel(s), the image has {layout.channels}")
+    if out_channels is not None and out_channels != 1 and "C" not in layout.axes:
+        raise SelfDenoiseError(f"this model outputs {out_channels} channels; give the image a C axis")
 
 
 @runtime_checkable
@@ -44,6 +60,10 @@ class Predictor(Protocol):
 
     def check_axes(self, shape, axes: str | None = None) -> None:
         """Raise a one-line ``SelfDenoiseError`` if an image of ``shape`` with ``axes`` does not fit."""
+        ...
+
+    def check_layout(self, layout) -> None:
+        """The same for an image already seen as canonical (an ``axes.Layout``)."""
         ...
 
     def predict(self, image, axes: str | None = None, **options) -> np.ndarray:

@@ -327,7 +327,7 @@ def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: boo
     yields (blocks done, blocks) and returns the paths written."""
     image = as_array(image)
     layout = check_image(image, axes)
-    denoiser._check_compatible(layout)
+    denoiser.check_layout(layout)
     unknown = set(targets) - set(denoiser.method.outputs)
     if unknown:
         raise SelfDenoiseError(f"the model has no {', '.join(sorted(unknown))} output; it has "
