@@ -132,16 +132,16 @@ class ApplyWidget(QWidget):
             self._validate()
             return False
         self.model_path.setText(str(path))
-        config, arch = self.denoiser.config, self.denoiser.architecture
         if self.denoiser.trainable:
+            arch = self.denoiser.architecture
             self.model_info.setText(
-                f"{self.denoiser.method.title} · trained on axes {config.axes} · {arch['dims']}D, "
+                f"{self.denoiser.title} · trained on axes {self.denoiser.axes} · {arch['dims']}D, "
                 f"{arch['in_channels']} channel(s) · {self.denoiser.state.step} steps · {Path(path).name}")
         else:
             channels = self.denoiser.in_channels or "any number of"
             self.model_info.setText(
-                f"{self.denoiser.name} · bioimage.io package (prediction only) · axes {config.axes} · "
-                f"{arch['dims']}D, {channels} channel(s) · {Path(path).name}")
+                f"{self.denoiser.name} · bioimage.io package (prediction only) · axes {self.denoiser.axes} · "
+                f"{self.denoiser.dims}D, {channels} channel(s) · {Path(path).name}")
         self._validate()
         return True
 
@@ -202,7 +202,7 @@ class ApplyWidget(QWidget):
             return
         layer, axes = self.image_picker.layer(), self.axes_edit.text().strip().upper()
         denoiser, tta, tile = self.denoiser, self.tta.isChecked(), self.tile.value() or None
-        self.run = {"source": layer, "axes": axes, "method": denoiser.config.method, "cancelled": False}
+        self.run = {"source": layer, "axes": axes, "method": denoiser.method_name, "cancelled": False}
         job = on_array(layer.data, lambda image: predict_job(denoiser, image, axes, tta=tta, tile=tile))
         self.status.setText("Denoising...")
         self.worker = start_job(job, self._on_message, self._on_result, self._on_error, self._on_finished)

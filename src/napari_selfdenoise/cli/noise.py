@@ -18,7 +18,7 @@ def cmd_noise(args) -> int:
     if args.bins < 1:
         raise SelfDenoiseError("--bins must be a positive integer")
     model = Denoiser.load(args.model, trust_code=args.trust_code)
-    image = read(args.input, args.axes, model.config.axes)
+    image = read(args.input, args.axes, model.axes)
     check_input(image, Path(args.input).name)
     model.check_axes(image.data.shape, image.axes)
     progress = TileProgress(Path(args.input).name, args.quiet)

@@ -39,7 +39,7 @@ def cmd_predict(args) -> int:
                                "(leave out --workers and --dask-scheduler)")
     applied = _applied_method(model)
     name = f"model {Path(args.model).name} (method {applied})"
-    if args.noise_std and "noise_std" not in model.method.outputs:
+    if args.noise_std and "noise_std" not in model.outputs:
         raise SelfDenoiseError(f"{name} has no noise-std output; only nnet models do")
     check_device(args.device)
 
@@ -47,7 +47,7 @@ def cmd_predict(args) -> int:
     n = len(args.inputs)
     streamed, sizes = [], []
     for path in args.inputs:
-        image = read(path, args.axes, model.config.axes, lazy=True, dask=True)
+        image = read(path, args.axes, model.axes, lazy=True, dask=True)
         check_input(image, Path(path).name)
         model.check_axes(image.data.shape, image.axes)
         streamed.append(nbytes(image.data) > LAZY_THRESHOLD)  # too big to read whole: streamed
@@ -95,7 +95,7 @@ def cmd_predict(args) -> int:
 def _applied_method(model) -> str:
     """The method a model applies: an auto model's winner (the classic filter, or its network's method)."""
     auto = getattr(model, "auto", None)
-    return f"{auto.winner}, chosen by auto" if auto is not None else model.config.method
+    return f"{auto.winner}, chosen by auto" if auto is not None else model.method_name
 
 
 def _prediction_options(args) -> dict:
@@ -105,7 +105,7 @@ def _prediction_options(args) -> dict:
 def _predict_in_memory(args, model, path, target, std_target, label) -> None:
     from ..core.io.images import write_image
 
-    image = read(path, args.axes, model.config.axes)
+    image = read(path, args.axes, model.axes)
     progress = TileProgress(label, args.quiet)
     try:
         outputs = model.predict_outputs(image.data, image.axes, progress=progress, **_prediction_options(args))
@@ -119,7 +119,7 @@ def _predict_in_memory(args, model, path, target, std_target, label) -> None:
 
 
 def _predict_streamed(args, model, path, target, std_target, label) -> None:
-    image = read(path, args.axes, model.config.axes, lazy=True, dask=True)
+    image = read(path, args.axes, model.axes, lazy=True, dask=True)
     progress = TileProgress(label, args.quiet, unit="block")
     try:
         model.predict_to(image.data, target, image.axes, noise_std=std_target, overwrite=args.overwrite,
@@ -133,7 +133,7 @@ def _predict_distributed(args, model, targets, std_targets) -> None:
 
     jobs = []
     for path, target, std_target in zip(args.inputs, targets, std_targets):
-        axes = args.axes or read(path, None, model.config.axes, lazy=True, dask=True).axes
+        axes = args.axes or read(path, None, model.axes, lazy=True, dask=True).axes
         outputs = {"denoised": target, **({"noise_std": std_target} if std_target is not None else {})}
         jobs.append(FileJob(str(path), axes, outputs))
     client = connect(args.dask_scheduler, args.workers)

@@ -446,6 +446,14 @@ class Denoiser:
         return self.config.axes
 
     @property
+    def method_name(self) -> str:
+        return self.config.method
+
+    @property
+    def title(self) -> str:
+        return self.method.title if self.method is not None else self.config.method
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         """The method's outputs (``denoised``, N-net also ``noise_std``)."""
         return tuple(self.method.outputs) if self.method is not None else ("denoised",)

@@ -171,7 +171,7 @@ def test_multichannel_package(folder):
     scale = rdf["inputs"][0]["preprocessing"][1]
     assert scale["kwargs"]["axis"] == "channel" and len(scale["kwargs"]["gain"]) == 2
     loaded = ForeignModel(bmz._Package(foreign_copy(path, folder / "cyx-foreign.zip")))
-    assert loaded.in_channels == 2 and loaded.config.axes == "CYX"
+    assert loaded.in_channels == 2 and loaded.axes == "CYX"
     assert np.allclose(loaded.predict(image), model.predict(image), rtol=1e-4, atol=0.05)
 
 
@@ -455,7 +455,7 @@ def _foreign_package(path, rdf_extra: dict, module=None, version="0.5"):
 def test_foreign_axes_order_and_shape_constraints(tmp_path, version):
     path = _foreign_package(tmp_path / "cl.zip", {}, version=version)
     model = Denoiser.load(path, trust_code=True)
-    assert model.config.axes == "YX" and model.dims == 2
+    assert model.axes == "YX" and model.dims == 2
     image = np.random.default_rng(0).random((50, 70), dtype=np.float32)
     assert np.allclose(model.predict(image), image * 2 + 1, atol=1e-5)
     assert np.allclose(model.predict(image, tile=20), image * 2 + 1, atol=1e-5)  # tiles rounded up to 32 + k*16

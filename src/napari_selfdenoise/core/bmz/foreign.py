@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -80,11 +79,14 @@ class ForeignModel:
         self.out_channels = (out_channel[0].size if out_channel and isinstance(out_channel[0].size, int)
                              and out_channel[0].size else None) if out_channel else 1
         self._axes = ("C" if channel and self.in_channels != 1 else "") + "".join(spatial)
-        # Read by front ends written before ``Predictor`` (``axes`` and ``outputs`` say the same); a
-        # front end checks ``trainable`` before it uses anything else of a Denoiser.
-        self.config = SimpleNamespace(axes=self._axes, method="bioimage.io", device="auto")
-        self.method = SimpleNamespace(title=f"{self.name} (bioimage.io)", outputs=self.outputs, paper="")
-        self.architecture = {"dims": self.dims, "in_channels": self.in_channels or 1, "depth": 0}
+
+    @property
+    def method_name(self) -> str:
+        return "bioimage.io"
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} (bioimage.io)"
 
     @property
     def axes(self) -> str:

@@ -66,7 +66,7 @@ def predict_files_steps(model_path, jobs: list[FileJob], client, *, overwrite: b
 
     model_path = str(Path(model_path).resolve())
     model = Denoiser.load(model_path)
-    unknown = {n for job in jobs for n in job.targets} - set(model.method.outputs)
+    unknown = {n for job in jobs for n in job.targets} - set(model.outputs)
     if unknown:
         raise SelfDenoiseError(f"the model has no {', '.join(sorted(unknown))} output")
     import torch

@@ -54,6 +54,16 @@ class Predictor(Protocol):
         ...
 
     @property
+    def method_name(self) -> str:
+        """A short name of what it applies, for layer and file names: "n2v2", "auto", "bioimage.io"."""
+        ...
+
+    @property
+    def title(self) -> str:
+        """What it is, for people: the method's title, or a foreign package's name."""
+        ...
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         """The names of its outputs: ``denoised`` first (N-net also ``noise_std``)."""
         ...
