@@ -20,6 +20,7 @@ from ..data.axes import default_axes, validate_axes
 from ..data.lazy import LAZY_THRESHOLD
 from ..errors import SelfDenoiseError
 from .atomic import atomic_write, check_free_space
+from .ome import SAMPLES_MARKER, ome_order, ome_tiff_metadata, short_unit
 from .outputs import is_zarr_path
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif / .ome.tiff
@@ -40,19 +41,6 @@ OTHER_SUFFIXES = tuple(OTHER_FORMATS)
 # tifffile axis letters -> ours. 'S' is RGB(A) samples, i.e. colour channels. Anything else
 # ('I' = plain image sequence, 'Q' = unknown, ...) is treated as unknown.
 _TIFF_TO_OURS = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "S": "C"}
-
-# Our S (independent samples) has no OME dimension. We write it as tifffile's 'Q', an OME
-# "ModuloAlong" axis of Type="other", tagged with this TypeDescription so read_image can tell
-# our samples from a foreign, unknown 'Q' axis and map it back to S.
-_S_MARKER = "samples"
-
-_UNIT_ALIASES = {
-    "micron": "µm", "microns": "µm", "um": "µm", "μm": "µm", "\\u00b5m": "µm",
-    # pint's long names (napari layers' units, bioio's dimension properties)
-    "micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
-    "angstrom": "Å",
-}
-
 
 @dataclass
 class ImageData:
@@ -173,7 +161,7 @@ def _axes_from_tiff(tiff_axes: str, ome_xml: str | None) -> str | None:
     """Map tifffile's axes to ours, or None when any axis is unknown or they clash."""
     tiff_axes = tiff_axes.upper()
     if "Q" in tiff_axes and tiff_axes.count("Q") == 1 and _has_samples_marker(ome_xml):
-        tiff_axes = tiff_axes.replace("Q", "_")  # our own S written as Q (see _S_MARKER)
+        tiff_axes = tiff_axes.replace("Q", "_")  # our own S written as Q (see SAMPLES_MARKER)
     ours = "".join("S" if a == "_" else _TIFF_TO_OURS.get(a, "?") for a in tiff_axes)
     if "?" in ours or len(set(ours)) != len(ours) or "Y" not in ours or "X" not in ours:
         return None
@@ -189,7 +177,7 @@ def _has_samples_marker(ome_xml: str | None) -> bool:
         return False
     return any(
         el.tag.split("}")[-1].startswith("ModuloAlong")
-        and el.attrib.get("TypeDescription") == _S_MARKER
+        and el.attrib.get("TypeDescription") == SAMPLES_MARKER
         for el in root.iter()
     )
 
@@ -275,14 +263,14 @@ def _scale_from_ome(ome_xml: str) -> tuple[dict[str, float], dict[str, str]]:
         value = pixels.attrib.get(f"PhysicalSize{axis}")
         if value is not None and float(value) > 0:
             scale[axis] = float(value)
-            units[axis] = _norm_unit(pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm"))
+            units[axis] = short_unit(pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm"))
     return scale, units
 
 
 def _scale_from_imagej(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str]]:
     meta = tif.imagej_metadata
     unit = meta.get("unit")
-    unit = _norm_unit(unit) if unit and unit.lower() not in ("pixel", "pixels") else None
+    unit = short_unit(unit) if unit and unit.lower() not in ("pixel", "pixels") else None
     scale: dict[str, float] = {}
     tags = tif.pages.first.tags
     for axis in "XY":
@@ -296,10 +284,6 @@ def _scale_from_imagej(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[s
         scale["Z"] = float(spacing)
     units = {a: unit for a in scale} if unit else {}
     return scale, units
-
-
-def _norm_unit(unit: str) -> str:
-    return _UNIT_ALIASES.get(unit.strip().lower(), unit.strip())
 
 
 # ----------------------------------------------------------------------------------- zarr
@@ -399,7 +383,7 @@ def _zarr_image(p: Path, node):
                 scale[axis] = float(factor)
                 unit = entry.get("unit") if isinstance(entry, dict) else None
                 if unit:
-                    units[axis] = _norm_unit(unit)
+                    units[axis] = short_unit(unit)
     return node[level["path"]], file_axes, scale, units
 
 
@@ -467,7 +451,7 @@ def _read_other(p: Path, axes: str | None, lazy: bool | None, guess: bool, dask:
             scale[axis] = float(value)
             unit = getattr(getattr(properties, axis, None), "unit", None)
             # pint units print as 'micrometer'; without units the libraries report micrometres
-            units[axis] = _norm_unit(str(unit)) if unit is not None else "µm"
+            units[axis] = short_unit(str(unit)) if unit is not None else "µm"
     return ImageData(data, final, scale, units, str(p), guessed)
 
 
@@ -522,34 +506,6 @@ def write_image(path, data, axes: str, scale=None, units=None) -> Path:
 
 
 def _write_ome(tmp: Path, data: np.ndarray, axes: str, scale: dict, units: dict) -> None:
-    data, axes = _ome_order(data, axes)
-    metadata: dict = {"axes": axes.replace("S", "Q")}
-    if "S" in axes:
-        metadata["TypeDescription"] = {"Q": _S_MARKER}
-    for axis in "XYZ":
-        if axis in axes and scale.get(axis):
-            metadata[f"PhysicalSize{axis}"] = float(scale[axis])
-            if units.get(axis):
-                metadata[f"PhysicalSize{axis}Unit"] = _norm_unit(units[axis])
+    data, axes = ome_order(data, axes)
     # minisblack: never let tifffile guess RGB from a C axis of length 3 or 4
-    tifffile.imwrite(tmp, data, ome=True, photometric="minisblack", metadata=metadata)
-
-
-def _ome_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
-    """Reorder axes to a layout OME-TIFF can store; the data keep their labels.
-
-    OME needs Y, X last (any other axes keep their order before them). Our S is written as a
-    modulo axis, which must follow a T/Z/C axis or take an unused one; with all of T, Z and C
-    present and S not after one of them, S is moved to right after T. In those cases the file
-    reads back with the same data and labels but a different axes order.
-    """
-    order = [a for a in axes if a not in "YX"] + ["Y", "X"]
-    if "S" in order and all(a in order for a in "TZC"):
-        i = order.index("S")
-        if i == 0 or order[i - 1] not in "TZC":
-            order.remove("S")
-            order.insert(order.index("T") + 1, "S")
-    new_axes = "".join(order)
-    if new_axes == axes:
-        return data, axes
-    return np.transpose(data, [axes.index(a) for a in new_axes]), new_axes
+    tifffile.imwrite(tmp, data, ome=True, photometric="minisblack", metadata=ome_tiff_metadata(axes, scale, units))

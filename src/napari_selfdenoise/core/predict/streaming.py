@@ -27,6 +27,7 @@ from ..data.checks import check_image
 from ..data.lazy import as_array, release_pages, to_numpy
 from ..errors import SelfDenoiseError
 from ..io.atomic import atomic_write, check_free_space, interrupts_deferred
+from ..io.ome import ngff_unit, ome_order, ome_tiff_metadata
 from ..io.outputs import is_zarr_path, plan_output
 
 TIFF_OUT_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
@@ -36,8 +37,6 @@ CHUNK = {2: (1024, 1024), 3: (16, 256, 256)}
 BLOCK = {2: (2048, 2048), 3: (128, 512, 512)}
 BLOCK_VOXELS = 2048 * 2048 * 4  # TIFF blocks span whole rows: about this many voxels (64 MB float32)
 _OME_ZARR_VERSION = "0.4"  # zarr format 2: read by napari-ome-zarr, ome-zarr-py, bioio, Fiji (MoBIE)
-_UNIT_NAMES = {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
-               "Å": "angstrom"}
 
 
 @dataclass(frozen=True)
@@ -136,15 +135,13 @@ def predict_block(predictor, plan, source, layout: Layout, normalization, block:
 
 def output_axes(axes: str, zarr: bool) -> str:
     """The axes order of an output file: OME-Zarr wants T, then C (or S), then Z, Y, X; OME-TIFF any
-    order with Y, X last (``io._ome_order``)."""
+    order with Y, X last (``io.ome.ome_order``)."""
     if zarr:
         if "S" in axes and "C" in axes:
             raise SelfDenoiseError("OME-Zarr cannot hold both samples (S) and channels (C); write an "
                                    ".ome.tif instead, or give the samples as T")
         return "".join(a for a in "TSCZYX" if a in axes)
-    from ..io.images import _ome_order
-
-    return _ome_order(np.empty((1,) * len(axes)), axes)[1]
+    return ome_order(np.empty((1,) * len(axes)), axes)[1]
 
 
 class ZarrSink:
@@ -210,18 +207,9 @@ class TiffSink:
     def create(cls, path: Path, axes: str, shape, scale, units) -> TiffSink:
         import tifffile
 
-        from ..io.images import _S_MARKER, _norm_unit
-
-        metadata: dict = {"axes": axes.replace("S", "Q")}
-        if "S" in axes:
-            metadata["TypeDescription"] = {"Q": _S_MARKER}
-        for axis in "XYZ":
-            if axis in axes and (scale or {}).get(axis):
-                metadata[f"PhysicalSize{axis}"] = float(scale[axis])
-                if (units or {}).get(axis):
-                    metadata[f"PhysicalSize{axis}Unit"] = _norm_unit(units[axis])
         offset, _ = tifffile.imwrite(path, shape=tuple(shape), dtype="float32", ome=True,
-                                     photometric="minisblack", metadata=metadata, returnoffset=True)
+                                     photometric="minisblack",
+                                     metadata=ome_tiff_metadata(axes, scale, units), returnoffset=True)
         return cls(str(path), axes, shape, int(offset))
 
     def write(self, index, data: np.ndarray) -> None:
@@ -260,7 +248,7 @@ def _ome_multiscales(axes: str, scale: dict, units: dict) -> dict:
         if axis in types:
             entry["type"] = types[axis]
         if axis in "ZYX" and units.get(axis):
-            entry["unit"] = _UNIT_NAMES.get(units[axis], units[axis])
+            entry["unit"] = ngff_unit(units[axis])
         entries.append(entry)
     factors = [float(scale.get(a, 1.0)) for a in axes]
     return {"version": _OME_ZARR_VERSION, "name": "denoised", "axes": entries,
