@@ -276,14 +276,12 @@ class Denoiser:
         image = as_array(image)
         layout = check_image(image, axes or self.config.axes)
         self.check_layout(layout)
-        training = self._trainer is not None and self._trainer.running
         predictor = self.predictor(tile=tile, batch_size=batch_size, tta=tta, device=device, precision=precision,
                                    compiled=compiled)
         try:
             stacked = yield from predictor.steps(layout.to_canonical(image), self.normalization)
         finally:
-            if not training:
-                self.network.to("cpu")
+            self.release_device()
         c = layout.channels
         return {name: np.ascontiguousarray(layout.from_canonical(stacked[:, k * c : (k + 1) * c]))
                 for k, name in enumerate(self.method.outputs)}
@@ -305,13 +303,22 @@ class Denoiser:
     def predictor(self, *, tile=None, tta: bool = False, batch_size: int | None = None, device: str | None = None,
                   precision: str = "auto", compiled: bool | None = None) -> TiledPredictor:
         """The tiled predictor, with the network moved to its device (the training device while
-        training; callers other than ``predict_steps`` move it back with ``self.network.to('cpu')``)."""
+        training; callers other than ``predict_steps`` call ``release_device`` when they are done)."""
         if self.network is None:
             raise SelfDenoiseError("the model is not trained yet; train it or load a model file")
-        training = self._trainer is not None and self._trainer.running
-        target = self._trainer.device if training else resolve_device(device or self.config.device)
+        target = self._trainer.device if self.training else resolve_device(device or self.config.device)
         return TiledPredictor(self.method, self.network.to(target), self.architecture["depth"], target,
                               tile=tile, batch_size=batch_size, tta=tta, precision=precision, compiled=compiled)
+
+    @property
+    def training(self) -> bool:
+        """Whether a training run is going on (previews predict on its device, meanwhile)."""
+        return self._trainer is not None and self._trainer.running
+
+    def release_device(self) -> None:
+        """After a prediction: the network back on the CPU (GPU memory freed), unless training goes on."""
+        if self.network is not None and not self.training:
+            self.network.to("cpu")
 
     def predict_to(self, image, out, axes: str | None = None, *, noise_std=None, overwrite: bool = False,
                    scale=None, units=None, progress: Callable[[int, int], None] | None = None, **options):
@@ -335,14 +342,15 @@ class Denoiser:
     # -------------------------------------------------------------- model files
     def save(self, path, include_training_state: bool = True, include_sample: bool = True) -> Path:
         """Write the model file; ``include_sample=False`` leaves out the kept crop of the training data."""
-        header, weights, training, sample = self._file_parts(include_training_state)
+        header, weights, training, sample = self.file_parts(include_training_state)
         return save_model(path, header, weights, training, sample if include_sample else None)
 
     def to_bytes(self, include_training_state: bool = True) -> bytes:
         """The model file's bytes (what ``save`` writes)."""
-        return model_bytes(*self._file_parts(include_training_state))
+        return model_bytes(*self.file_parts(include_training_state))
 
-    def _file_parts(self, include_training_state: bool = True):
+    def file_parts(self, include_training_state: bool = True):
+        """The parts of its model file: (JSON header, weights, training state, training crop)."""
         if self.network is None:
             raise SelfDenoiseError("nothing to save: the model is not trained yet")
         header = {

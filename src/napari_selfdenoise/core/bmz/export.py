@@ -316,7 +316,7 @@ def _linear(gain, offset) -> list[dict]:
 
 
 def _native_header(denoiser) -> dict:
-    header, *_ = denoiser._file_parts(include_training_state=False)
+    header, *_ = denoiser.file_parts(include_training_state=False)
     header = {"format": "napari-selfdenoise-model", "package_version": __version__, **header}
     return json.loads(json.dumps(header, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 

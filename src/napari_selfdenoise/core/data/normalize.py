@@ -38,16 +38,13 @@ class Normalization:
             scales.append(float(scale))
         return cls(mode, offsets, scales)
 
-    def _broadcast(self, values, ndim: int):
-        return np.asarray(values, dtype=np.float32).reshape((1, -1) + (1,) * (ndim - 2))
-
     def apply(self, canonical: np.ndarray) -> np.ndarray:
         x = np.asarray(canonical, dtype=np.float32)
-        return (x - self._broadcast(self.offset, x.ndim)) / self._broadcast(self.scale, x.ndim)
+        return (x - per_channel(self.offset, x.ndim)) / per_channel(self.scale, x.ndim)
 
     def invert(self, normalised: np.ndarray) -> np.ndarray:
         x = np.asarray(normalised, dtype=np.float32)
-        return x * self._broadcast(self.scale, x.ndim) + self._broadcast(self.offset, x.ndim)
+        return x * per_channel(self.scale, x.ndim) + per_channel(self.offset, x.ndim)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "offset": self.offset, "scale": self.scale}
@@ -89,3 +86,8 @@ def _random_boxes(shape, rng, count: int = _BOXES):
         i = int(rng.integers(shape[0]))
         starts = [int(rng.integers(0, s - b + 1)) for s, b in zip(spatial, sizes)]
         yield i, tuple(slice(a, a + b) for a, b in zip(starts, sizes))
+
+
+def per_channel(values, ndim: int) -> np.ndarray:
+    """One value per channel, shaped to broadcast over canonical arrays (N, C, ...) of ``ndim`` axes."""
+    return np.asarray(values, dtype=np.float32).reshape((1, -1) + (1,) * (ndim - 2))

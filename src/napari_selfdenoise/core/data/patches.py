@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import SelfDenoiseError
 from .lazy import release_pages, to_numpy
-from .normalize import Normalization
+from .normalize import Normalization, per_channel
 
 # With at least this many samples (S/T frames) validation holds out whole samples; else a spatial slab.
 _MIN_SAMPLES_FOR_SAMPLE_SPLIT = 10
@@ -119,8 +119,8 @@ class PatchSampler:
         spatial = tuple(range(2, 2 + len(self.patch_shape)))
         self._windows = [np.lib.stride_tricks.sliding_window_view(s, self.patch_shape, axis=spatial)
                          if isinstance(s, np.ndarray) else None for s in sources]
-        self._scale = normalization._broadcast(normalization.scale, 2 + len(self.patch_shape))
-        self._offset = normalization._broadcast(normalization.offset, 2 + len(self.patch_shape))
+        self._scale = per_channel(normalization.scale, 2 + len(self.patch_shape))
+        self._offset = per_channel(normalization.offset, 2 + len(self.patch_shape))
 
     def patch(self) -> np.ndarray:
         return self.batch(1)[0]

@@ -331,8 +331,7 @@ def predict_to_disk(denoiser, image, axes: str, targets: dict, *, overwrite: boo
             lambda block_: predict_block(predictor, plan, image, layout, denoiser.normalization, block_, outputs),
             overwrite=overwrite, scale=scale, units=units, block=block))
     finally:
-        if not (denoiser._trainer is not None and denoiser._trainer.running):
-            denoiser.network.to("cpu")
+        denoiser.release_device()
 
 
 def write_blocks(paths: dict, image, layout: Layout, predict, *, overwrite: bool = False, scale=None, units=None,
