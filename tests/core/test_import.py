@@ -149,3 +149,18 @@ def test_the_base_packages_never_import_the_layers_above():
     assert any(part(m) == "methods" for m in graph) and any(part(m) == "predict" for m in graph)
     wrong = {m: sorted(d for d in deps if part(d) in above) for m, deps in graph.items() if part(m) in base}
     assert not {m: d for m, d in wrong.items() if d}
+
+
+def test_no_module_imports_a_private_name_from_another_package():
+    """Issue 17: a rule used by two packages is public in its one home (``io.ome``, ``predict.predictor``),
+    not a ``_name`` borrowed across packages. Within one package (``bmz._Package``) it may be shared."""
+    import ast
+
+    root = Path(napari_selfdenoise.__file__).parent
+    borrowed = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level != 1:  # level 1: the same package
+                borrowed += [f"{path.relative_to(root)}: {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert borrowed == []
