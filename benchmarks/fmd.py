@@ -29,7 +29,10 @@ def load(data, name):
 
 
 def scores(clean, image) -> dict:
-    return {"psnr": round(psnr(clean, image), 3), "psnr_affine": round(psnr_affine(clean, image), 3)}
+    # The right half: where fmd_supervised.py scores its supervised reference (trained on the left half).
+    half = clean.shape[1] // 2
+    return {"psnr": round(psnr(clean, image), 3), "psnr_affine": round(psnr_affine(clean, image), 3),
+            "psnr_right_half": round(psnr(clean[:, half:], image[:, half:]), 3)}
 
 
 def method_and_options(spec: str):
@@ -99,7 +102,7 @@ def main():
             entry["methods"][method] = (run_classic(method, noisy, clean, axes) if method.startswith("classic")
                                         else run_neural(method, args, noisy, clean, axes))
             r = entry["methods"][method]
-            print(f"  {method}: {r['psnr']:.2f} dB ({r['psnr_affine']:.2f} affine), "
+            print(f"  {method}: {r['psnr']:.2f} dB ({r['psnr_affine']:.2f} affine, right half {r['psnr_right_half']:.2f}), "
                   f"{r.get('steps', '-')} steps, {r.get('train_seconds', r.get('seconds'))} s", flush=True)
             save(results, args.out, quiet=True)  # keep what is done if the run is cut off
     save(results, args.out)

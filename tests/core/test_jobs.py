@@ -58,7 +58,8 @@ def test_train_job_yields_steps_previews_and_prediction_then_returns_outputs(noi
     preview = jobs.preview_region(noisy.shape, "YX", size=32)
     messages, result = run(jobs.train_job(model, noisy, preview=preview))
     steps = [m.step for m in messages if isinstance(m, ProgressEvent) and "stage" not in m.extra]
-    finishing = [m.step for m in messages if isinstance(m, ProgressEvent) and "stage" in m.extra]
+    finishing = [m.step for m in messages if isinstance(m, ProgressEvent) and "stage" in m.extra
+                 and "stage_progress" not in m.extra]  # its announcement (progress events follow)
     previews = [m for m in messages if isinstance(m, jobs.Preview)]
     assert steps == [1, 2, 3, 4] and finishing == [4]  # N-net's calibration, announced after the last step
     assert [p.step for p in previews] == [1, 2, 3]  # none after the last step: the result follows

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
 from ..errors import SelfDenoiseError
+from ..steps import Steps
 from .blind_radius import check_blind_radius
 
 
@@ -29,6 +31,9 @@ class Method:
     outputs: ClassVar[tuple[str, ...]] = ("denoised",)
     # What ``finish`` does, as progress shows it ("calibrating the noise model"); None: no finishing step.
     finishing: ClassVar[str | None] = None
+    # About how many training steps' time ``finish`` takes (default options, CPU): under a time limit the
+    # trainer keeps that much of it (at most a share) for the finishing step.
+    finishing_steps: ClassVar[int] = 0
     # Option name -> default value; user options are checked against these names.
     defaults: ClassVar[dict[str, Any]] = {}
     # Option -> the value a model file that does not list the option was made with. Model files list every
@@ -62,10 +67,14 @@ class Method:
         """The optimizer's parameter groups: one group at the configured learning rate by default."""
         return [{"params": list(net.parameters()), "lr": lr}]
 
-    def finish(self, net, patches: torch.Tensor, gen: torch.Generator) -> str | None:
+    def finish(self, net, patches: torch.Tensor, gen: torch.Generator,
+               time_left: Callable[[], float] | None = None) -> Steps[str | None]:
         """Called once when training ends, with the best weights loaded and normalised ``patches`` drawn
-        from all the training data; may adjust the network (N-net calibrates its noise head). Returns a
-        note for the user, or None."""
+        from all the training data; may adjust the network (N-net calibrates its noise head). A step
+        generator (``core.steps``): yields ``(done, total)``, returns a note for the user, or None.
+        ``time_left()`` is the seconds left of the time limit: the method must fit in them, with a coarser
+        but valid result; None (no time limit): the full finishing step."""
+        yield from ()
         return None
 
     def predict(self, net, x: torch.Tensor) -> torch.Tensor:

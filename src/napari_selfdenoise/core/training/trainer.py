@@ -45,10 +45,14 @@ from ..noise import noise_curve
 from . import distributed
 
 FINISH_PATCHES = 64  # patches given to ``Method.finish`` (N-net's noise calibration: 262k pixels in 2-D)
+# Under a time limit training ends early enough to leave the finishing step its time: what it costs
+# (``Method.finishing_steps`` at the run's mean step time), at most this share of the limit.
+FINISH_SHARE = 0.2
 # On an accelerator the step losses are read (a host-device sync) every this many steps, at validations
 # and at the end; events in between carry the running mean read last. On the CPU reading is free: every step.
 LOSS_READ_EVERY = 20
 PREFETCH_DEPTH = 3  # steps of batches drawn ahead
+clock = time.perf_counter  # the clock of training time (one name, so a test can make time deterministic)
 
 
 @dataclass
@@ -273,12 +277,12 @@ class Trainer:
         self._first_step, start_elapsed = state.step, state.elapsed
         while True:
             # Only time spent in here counts: a paused consumer (GUI pause, evaluation) costs nothing.
-            tick = time.perf_counter()
+            tick = clock()
             self.network.train()
             loss = self._train_step(optimizer, gens, self._prefetcher.get())
             state.step += 1
-            out_of_time = config.time_limit is not None and \
-                state.elapsed + time.perf_counter() - tick - start_elapsed >= config.time_limit
+            out_of_time = config.time_limit is not None and self._out_of_time(state.elapsed + clock() - tick
+                                                                               - start_elapsed)
             if self.group.active:  # one agreement per step: the mean loss, and whether any process must stop
                 total, late, stop = distributed.sum_over_processes([float(loss), out_of_time, self._stop_requested])
                 loss, out_of_time = total / self.group.world_size, late > 0
@@ -307,7 +311,7 @@ class Trainer:
             # stop() came between steps (e.g. from this event's consumer): end here. With several
             # processes the next step's agreement ends all of them together instead.
             if self._stop_requested and not self.group.active:
-                tick = time.perf_counter()
+                tick = clock()
                 if val_loss is None:
                     val_loss = self.validate()
                     scheduler.step(val_loss)
@@ -319,20 +323,44 @@ class Trainer:
                 yield self._timed(event, tick, start_elapsed)
                 break
 
+    def _out_of_time(self, run_time: float) -> bool:
+        """Whether training must end after ``run_time`` seconds of this run: at the time limit less what
+        the finishing step will need."""
+        reserve = 0.0
+        if self.method.finishing:
+            step_time = run_time / max(self.state.step - self._first_step, 1)
+            reserve = min(FINISH_SHARE * self.config.time_limit, self.method.finishing_steps * step_time)
+        return run_time + reserve >= self.config.time_limit
+
     def _finish(self, event: ProgressEvent, tick: float, start_elapsed: float):
         """The method's finishing step on the best weights, which it may change (they stay the best).
-        First yields a copy of ``event`` (not done) whose ``extra["stage"]`` says what is being done;
-        returns the clock's new start for the time that ``event`` will count."""
+        First yields a copy of ``event`` (not done) whose ``extra["stage"]`` says what is being done, then
+        copies with ``extra["stage_progress"]`` = (done, total) as it goes; under a time limit the step
+        gets the time left of it. Returns the clock's new start for the time that ``event`` will count."""
         if not self.method.finishing:
             return tick
-        announce = dataclasses.replace(event, done=False, stopped=False, extra={"stage": self.method.finishing})
+        stage = {"stage": self.method.finishing}
+        announce = dataclasses.replace(event, done=False, stopped=False, extra=stage)
         yield self._timed(announce, tick, start_elapsed)
-        tick = time.perf_counter()
+        tick = clock()
+        limit = self.config.time_limit
+        # seconds left: this run's time counted so far, and the time since ``tick`` (rebound after each yield)
+        time_left = None if limit is None else \
+            lambda: limit - (self.state.elapsed - start_elapsed) - (clock() - tick)
         self.network.load_state_dict(self.best_weights)
         sampler = PatchSampler(self.sources, self.regions, self.patch_shape, self.normalization, self.config.seed + 2)
         patches = self._to_device(sampler.fixed_set(FINISH_PATCHES))  # from everywhere: train and validation
         gen = torch.Generator().manual_seed(self.config.seed + 54321)
-        note = self.method.finish(self.network, patches, gen)
+        steps = self.method.finish(self.network, patches, gen, time_left)
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as end:
+                note = end.value
+                break
+            progress = dataclasses.replace(announce, extra={**stage, "stage_progress": (done, total)})
+            yield self._timed(progress, tick, start_elapsed)
+            tick = clock()
         self.network.train()
         self.best_weights = self._weights_copy()
         if note:
@@ -412,7 +440,7 @@ class Trainer:
 
     def _timed(self, event: ProgressEvent, tick: float, start_elapsed: float) -> ProgressEvent:
         """Count the time since ``tick`` as training time and put the clock and the rate on the event."""
-        self.state.elapsed += time.perf_counter() - tick
+        self.state.elapsed += clock() - tick
         event.elapsed = self.state.elapsed
         run_time = max(self.state.elapsed - start_elapsed, 1e-9)
         event.patches_per_second = (self.state.step - self._first_step) * self.config.batch / run_time
