@@ -1,4 +1,4 @@
-"""What running a foreign package's TorchScript in a child process (core/sandbox.py) costs, against the
+"""What running a foreign package's TorchScript in a child process (core/trust/sandbox.py) costs, against the
 same TorchScript in this process (what napari-selfdenoise did before issue 13), measured in one run.
 
     python benchmarks/child_overhead.py [--size 512] [--repeats 3] [--out results.json]

@@ -4,7 +4,7 @@ Each run trains a method (default settings unless given) on ONE noisy BSD68 imag
 ``--steps`` steps and scores the prediction against the clean image (PSNR, peak 255). The reference is the
 oracle-tuned Gaussian blur (the best sigma for that image, chosen against the clean image). N-net runs are
 scored twice from the same trained model: with its posterior (MMSE) inference and without it.
-``--synthetic`` adds Poisson-Gaussian noise to a synthetic fluorescence image (core/synthetic.py) instead.
+``--synthetic`` adds Poisson-Gaussian noise to a synthetic fluorescence image (core/data/synthetic.py) instead.
 
     python benchmarks/short_budget.py --threads 1 --images test001,test002 --runs n2v2,n2s --steps 300
     python benchmarks/short_budget.py --threads 1 --runs "n2v2:mask_fraction=0.002" --steps 300

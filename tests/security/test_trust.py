@@ -458,7 +458,7 @@ def test_the_child_does_not_outlive_its_parent(how, tmp_path):
 
 
 def test_only_the_child_process_loads_torchscript():
-    """A guard on the code itself: torch's TorchScript loaders appear in core/sandbox.py only."""
+    """A guard on the code itself: torch's TorchScript loaders appear in core/trust/sandbox.py only."""
     from pathlib import Path
 
     import napari_selfdenoise

@@ -1,4 +1,4 @@
-"""core/atomic.py (the one atomic write) and core/outputs.py (the one output rule), in-process."""
+"""core/io/atomic.py (the one atomic write) and core/io/outputs.py (the one output rule), in-process."""
 
 from __future__ import annotations
 
