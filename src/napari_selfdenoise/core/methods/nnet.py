@@ -261,7 +261,7 @@ def calibration_steps(net, patches, gen, blind_radius: int = 0, chunk: int = 8, 
     """``calibrate_noise_head`` as a step generator: yields ``(done, total)`` after each bootstrap chunk
     and every few refit iterations, returns the note. ``time_left`` (a function: seconds left of the time
     limit) bounds it: the bootstrap stops after the chunks that fit in BOOTSTRAP_SHARE of the time (at least
-    one), the refit runs the iterations that fit in the rest (its schedule planned for them). A calibration
+    one), the refit runs the iterations that fit in the rest (its schedule fitted to them). A calibration
     on fewer pixels and iterations is coarser but valid, and is kept only if it improves the fit like the
     full one. None (no time limit): the full calibration, exactly."""
     if time_left is not None and time_left() <= 0:
@@ -332,8 +332,9 @@ def _bootstrap(net, chunks, phases, spacing, gen, blind_radius, time_left):
 def _refit(head, signal, y, variance, time_left, done: int):
     """Fit ``head`` to the hidden pixels' likelihood widened by their error ``variance`` (Adam, a cosine
     schedule). Yields progress after the ``done`` bootstrap chunks; returns the loss before, the loss
-    after and the iterations run. Under a time limit one timed forward/backward pass (no step: it changes
-    nothing) plans the iterations that fit, and the loop ends early if the time runs out all the same."""
+    after and the iterations run. Under a time limit the iterations are planned again after each one, from
+    their mean time so far (the first ones are the slowest), and the schedule is stretched or shortened to
+    end with them: it always decays, and the refit ends when the time does."""
     everywhere = torch.ones((1, *signal.shape[2:]), dtype=torch.bool, device=signal.device)
 
     def loss_now():
@@ -341,20 +342,23 @@ def _refit(head, signal, y, variance, time_left, done: int):
         widened = torch.sqrt(sigmas**2 + variance.unsqueeze(2))
         return mixture_nll(y, signal, (weights, offsets, widened), everywhere)
 
-    with torch.enable_grad():  # (never around a yield: the consumer's grad mode is its own)
-        first = float(loss_now().detach())
-        planned = CALIBRATION_ITERATIONS if time_left is None else _iterations_that_fit(head, loss_now, time_left)
     # A large, decaying step: it must also work from a head that training left far off (a short run).
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    planned = CALIBRATION_ITERATIONS
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, planned, eta_min=1e-4)
+    with torch.enable_grad():  # (never around a yield: the consumer's grad mode is its own)
+        first = float(loss_now().detach())
+    started = None if time_left is None else time_left()
     iterations = 0
-    while iterations < planned and (time_left is None or iterations == 0 or time_left() > 0):
+    while iterations < planned:
         with torch.enable_grad():
             optimizer.zero_grad(set_to_none=True)
             loss_now().backward()
             optimizer.step()
-        schedule.step()
         iterations += 1
+        if time_left is not None:
+            planned = schedule.T_max = _iterations_that_fit(iterations, started, time_left())
+        schedule.step()
         if iterations % REPORT_EVERY == 0 or iterations == planned:
             yield done + iterations, done + planned
     with torch.no_grad():
@@ -362,11 +366,9 @@ def _refit(head, signal, y, variance, time_left, done: int):
     return first, last, iterations
 
 
-def _iterations_that_fit(head, loss_now, time_left) -> int:
-    """Refit iterations that fit in REFIT_FILL of ``time_left()``, from one timed forward/backward pass
-    (at least one iteration, at most CALIBRATION_ITERATIONS)."""
-    before = time_left()
-    loss_now().backward()
-    head.zero_grad(set_to_none=True)
-    per_iteration = max(before - time_left(), 1e-9)
-    return int(min(max(REFIT_FILL * time_left() / per_iteration, 1), CALIBRATION_ITERATIONS))
+def _iterations_that_fit(iterations: int, started: float, left: float) -> int:
+    """The refit's iterations in all: those run, and those that fit in REFIT_FILL of the ``left`` seconds
+    at their mean time since ``started`` seconds were left (at most CALIBRATION_ITERATIONS)."""
+    per_iteration = max(started - left, 1e-9) / iterations
+    more = max(REFIT_FILL * left / per_iteration, 0.0)
+    return int(min(iterations + more, CALIBRATION_ITERATIONS))
