@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -21,7 +22,12 @@ from qtpy.QtWidgets import (
 
 from .._layers import check_layer, guessed_axes, result_layer_kwargs
 from ..core.errors import SelfDenoiseError, UntrustedCodeError
+from . import settings
 from .common import LayerPicker, end_worker, notify_error, on_array, on_window_close, scrolling, start_job
+from .plots import LossPlot, NoisePlot, theme_colors
+
+# The controls remembered between sessions (settings.py); the last model's folder is too (Browse opens there).
+REMEMBERED = ("tile", "tta")
 
 
 class ApplyWidget(QWidget):
@@ -32,9 +38,11 @@ class ApplyWidget(QWidget):
         self.viewer = napari_viewer
         self.denoiser = None
         self.worker = None
+        self.curve_worker = None  # computes the noise-level curve of a loaded model's kept training crop
         self.run = None
         self.closed = False
         self._build()
+        self._restore_settings()
         self.image_picker.currentTextChanged.connect(self._layer_changed)
         self.axes_edit.textChanged.connect(self._validate)
         self._layer_changed()
@@ -97,6 +105,7 @@ class ApplyWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self._build_curves())
         layout.addStretch()
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -105,9 +114,108 @@ class ApplyWidget(QWidget):
         outer.addWidget(area)
         self._set_running(False)
 
+    def _build_curves(self) -> QWidget:
+        """A collapsible section with the loaded model's curves: its loss history, and the noise level
+        measured on its kept training crop (with N-net's predicted one)."""
+        self.curves_button = QPushButton("Show training curves")
+        self.curves_button.setCheckable(True)
+        self.curves_button.setToolTip("Show the loaded model's loss curves (from its file) and its noise level "
+                                      "on the training crop the file keeps")
+        self.curves_button.toggled.connect(self._show_curves)
+        colors = theme_colors(self.viewer)
+        self.loss_plot, self.noise_plot = LossPlot(colors), NoisePlot(colors)
+        self.curves = QWidget()
+        plots = QVBoxLayout(self.curves)
+        plots.setContentsMargins(0, 0, 0, 0)
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.noise_plot)
+        self.curves.hide()
+        section = QWidget()
+        column = QVBoxLayout(section)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.curves_button)
+        column.addWidget(self.curves)
+        self._load_curves()
+        return section
+
+    def _load_curves(self) -> None:
+        """Put the loaded model's history in the loss plot; the button is enabled when there is one."""
+        history = self.denoiser.history if self.denoiser is not None and self.denoiser.trainable else {}
+        steps = list(history.get("step", []))
+        self.loss_plot.set_data("training", steps, history.get("train_loss", []))
+        self.loss_plot.set_data("validation", steps, history.get("val_loss", []))
+        self.noise_plot.clear_data()
+        self.noise_plot.set_note("")
+        self.noise_curve_of = None  # the model whose noise curve the plot shows (or is being computed)
+        self.curves_button.setEnabled(bool(steps))
+        if not steps:
+            self.curves_button.setChecked(False)
+        elif self.curves_button.isChecked():
+            self._show_curves(True)
+
+    def _show_curves(self, shown: bool) -> None:
+        self.curves.setVisible(shown)
+        self.curves_button.setText("Hide training curves" if shown else "Show training curves")
+        if shown and self.noise_curve_of is not self.denoiser:
+            self._start_noise_curve()
+
+    def _start_noise_curve(self) -> None:
+        """The noise-level curve of the model's kept training crop, computed in a worker (a prediction)."""
+        from ..core.jobs import predict_job
+        from ..core.noise import noise_curve
+
+        denoiser, sample = self.denoiser, self.denoiser.sample
+        self.noise_curve_of = denoiser
+        if sample is None:
+            self.noise_plot.set_note("this model file keeps no training crop")
+            return
+        self.noise_plot.set_note("measuring on the training crop the model file keeps...")
+
+        def job():
+            result = yield from predict_job(denoiser, sample, "SCYX" if sample.ndim == 4 else "SCZYX")
+            return denoiser, noise_curve(sample, result.outputs["denoised"], result.outputs.get("noise_std"))
+
+        if self.curve_worker is not None:
+            self.curve_worker.quit()
+        self.curve_worker = start_job(job(), lambda _: None, self._on_noise_curve, self._on_noise_curve_error,
+                                      lambda: None)
+
+    def _on_noise_curve(self, result) -> None:
+        denoiser, curve = result
+        if self.closed or denoiser is not self.denoiser:
+            return  # another model was loaded meanwhile
+        self.curve_worker = None
+        self.noise_plot.set_note("")
+        self.noise_plot.show_curve(curve)
+
+    def _on_noise_curve_error(self, err) -> None:
+        if not self.closed:
+            self.curve_worker = None
+            self.noise_plot.set_note(f"no noise curve: {err}")
+
+    def _restore_settings(self) -> None:
+        """The last session's tile and TTA choices and model folder; then every change is saved
+        (debounced: typing a number writes once)."""
+        values = settings.load("apply")
+        for name in REMEMBERED:
+            if name in values:
+                settings.set_control_value(getattr(self, name), values[name])  # a value that no longer fits: default
+        folder = values.get("model_folder")
+        self.model_folder = folder if isinstance(folder, str) else ""
+        self.settings_timer = QTimer(self)
+        self.settings_timer.setSingleShot(True)
+        self.settings_timer.setInterval(300)
+        self.settings_timer.timeout.connect(self.save_settings)
+        for name in REMEMBERED:
+            settings.changed_signal(getattr(self, name)).connect(self.settings_timer.start)
+
+    def save_settings(self) -> None:
+        values = {name: settings.control_value(getattr(self, name)) for name in REMEMBERED}
+        settings.save("apply", {**values, "model_folder": self.model_folder})
+
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open model", "", "Models (*.sdmodel *.zip);;Self-denoise model (*.sdmodel);;"
+            self, "Open model", self.model_folder, "Models (*.sdmodel *.zip);;Self-denoise model (*.sdmodel);;"
             "bioimage.io package (*.zip);;All files (*)")
         if path:
             self.load_model(path)
@@ -129,9 +237,13 @@ class ApplyWidget(QWidget):
             self.denoiser = None
             self.model_info.setText("No model loaded.")
             notify_error(err)
+            self._load_curves()
             self._validate()
             return False
         self.model_path.setText(str(path))
+        self.model_folder = str(Path(path).resolve().parent)
+        self.save_settings()
+        self._load_curves()
         if self.denoiser.trainable:
             arch = self.denoiser.architecture
             self.model_info.setText(
@@ -258,6 +370,7 @@ class ApplyWidget(QWidget):
 def _quit_on_close(widget):
     def quit_run(*_):
         widget.closed = True
-        if widget.worker is not None:
-            end_worker(widget.worker)
+        for worker in (widget.worker, widget.curve_worker):
+            if worker is not None:
+                end_worker(worker)
     return quit_run
