@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from qtpy.QtCore import Qt, QTimer, Signal
@@ -36,8 +37,13 @@ from .._layers import (
     shape_boxes,
     view_position,
 )
+from ..core.config import TrainConfig
 from ..core.errors import SelfDenoiseError
-from ..core.methods.blind_radius import MAX_BLIND_RADIUS, shared_noise_hint
+from ..core.methods import method_choices
+from ..core.methods.blind_radius import shared_noise_hint
+from ..core.methods.classic import CHOICE as CLASSIC_CHOICE
+from ..core.methods.options import MethodChoice, Option
+from ..core.training.auto import CHOICE as AUTO_CHOICE
 from . import settings
 from .common import (
     LayerPicker,
@@ -53,25 +59,38 @@ from .common import (
 from .plots import LossPlot, NoisePlot, theme_colors, write_csv, write_png
 from .readme_help import methods_link
 
-CLASSIC, AUTO = "classic", "auto"
-METHOD_TITLES = {
-    AUTO: "Auto (recommended): a classical filter first, then n2s, nnet and n2same raced on one "
-          "self-supervised score within the budget; the best is kept",
-    "n2s": "Noise2Self: J-invariant grid masking (Batson & Royer 2019)",
-    "n2v": "Noise2Void: random blind spots (Krull et al. 2019)",
-    "n2v2": "N2V2: Noise2Void without checkerboard artefacts (Höck et al. 2022)",
-    "n2same": "Noise2Same: invariance as a loss term (Xie, Wang & Ji 2020)",
-    "nnet": "N-net: denoising + a learned noise model (Ollion et al. 2021)",
-    CLASSIC: "Classic filters calibrated by the Noise2Self loss (no training)",
-}
-# Options that only some methods have: (the methods, option name, label).
-METHOD_OPTIONS = ((("n2same",), "lambda_inv", "λ invariance"), (("nnet",), "mixture", "noise mixture K"),
-                  (("auto", "n2s", "n2v", "n2v2", "n2same", "nnet", "classic"), "blind_radius", "blind radius"))
+CLASSIC, AUTO = CLASSIC_CHOICE.name, AUTO_CHOICE.name
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-# The controls remembered between sessions (settings.py): the method, the budget, the advanced options.
+def picker_choices() -> dict[str, MethodChoice]:
+    """The method picker's entries by name: auto, every registered method, classic."""
+    return {choice.name: choice for choice in (AUTO_CHOICE, *method_choices(), CLASSIC_CHOICE)}
+
+
+def shown_options(choices: dict[str, MethodChoice]) -> list[Option]:
+    """The method options the form shows (those with a label), each once: the ones of a single method
+    first, those that many share (the blind radius) last."""
+    options = {}
+    for choice in choices.values():
+        for option in choice.options:
+            if option.label is not None:
+                options.setdefault(option.name, option)
+
+    def owners(option):
+        return sum(option.name in labelled(choice) for choice in choices.values())
+    return sorted(options.values(), key=owners)
+
+
+def labelled(choice: MethodChoice) -> list[str]:
+    """The names of a choice's options that the form shows."""
+    return [option.name for option in choice.options if option.label is not None]
+
+
+# The controls remembered between sessions (settings.py): the method, the budget, the advanced options
+# (and the method options' controls, by option name).
 REMEMBERED = ("method_picker", "steps", "minutes", "device_picker", "patch", "batch", "lr", "seed", "depth",
-              "features", "val_fraction", "lambda_inv", "mixture", "blind_radius", "tta")
+              "features", "val_fraction", "tta")
 
 # What a run is doing, as the status line and ``state_changed`` say it. ACTIVE ones can be paused.
 STATES = ("idle", "starting", "running", "paused", "stopping", "finishing", "predicting", "checking", "cancelled",
@@ -110,7 +129,7 @@ class TrainWidget(QWidget):
         self.axes_edit.textChanged.connect(self._validate_axes)
         self.axes_edit.textChanged.connect(self._update_noise_note)  # after _validate_axes: uses axes_fit
         self.method_picker.currentIndexChanged.connect(self._method_changed)
-        self.blind_radius.valueChanged.connect(self._update_noise_note)
+        self.option_controls["blind_radius"].valueChanged.connect(self._update_noise_note)
         self.viewer.layers.events.removed.connect(self._layer_removed)
         self._layer_changed()
         self._method_changed()
@@ -136,10 +155,12 @@ class TrainWidget(QWidget):
         self.noise_note.setWordWrap(True)
         self.noise_note.setStyleSheet("color: #d4a72c")  # a suggestion, not an error
         self.method_picker = QComboBox()
-        for name, title in METHOD_TITLES.items():
-            self.method_picker.addItem(f"{name}: {title.split(':')[0]}", name)
-            self.method_picker.setItemData(self.method_picker.count() - 1, title, Qt.ItemDataRole.ToolTipRole)
-        self.method_picker.setCurrentIndex(list(METHOD_TITLES).index(AUTO))
+        self.choices = picker_choices()
+        for name, choice in self.choices.items():
+            self.method_picker.addItem(f"{name}: {choice.summary.split(':')[0]}", name)
+            self.method_picker.setItemData(self.method_picker.count() - 1, choice.summary,
+                                           Qt.ItemDataRole.ToolTipRole)
+        self.method_picker.setCurrentIndex(self.method_picker.findData(AUTO))
         self.method_picker.setToolTip("How to denoise: auto races the methods and keeps the best; hover an "
                                       "item for its paper, or see Which method? below")
         self.method_help = QLabel()
@@ -186,27 +207,26 @@ class TrainWidget(QWidget):
                                                         "the method's own options")
         advanced = QWidget()
         advanced_form = QFormLayout(advanced)
-        self.patch = _spin(16, 1024, 64, "Patch edge in Y and X (a multiple of 2**depth)", step=16)
+        # Defaults, tooltips and (where the form has no narrower one) ranges from TrainConfig's fields.
+        self.patch = _config_spin("patch", low=16, high=1024, step=16)
         self.batch = _spin(1, 1024, 16, "Patches per step")
-        self.lr = _float_spin(1e-6, 1.0, 4e-4, 6, "Adam learning rate", step=1e-4)
-        self.seed = _spin(0, 2**31 - 1, 0, "Random seed (same seed, same result)")
-        self.depth = _spin(1, 5, 2, "U-Net depth (poolings)")
-        self.features = _spin(4, 256, 32, "U-Net features in the first level")
-        self.val_fraction = _float_spin(0.0, 0.5, 0.1, 2, "Fraction of the data held out for validation",
-                                        step=0.05)
-        self.lambda_inv = _float_spin(0.0, 100.0, 2.0, 2, "Noise2Same: weight of the invariance term", step=0.5)
-        self.mixture = _spin(1, 3, 1, "N-net: Gaussians in the noise model (2-3 for skewed real noise)")
-        self.blind_radius = _spin(0, MAX_BLIND_RADIUS, 0, "Pixels hidden around each blind spot. 0 for a camera's independent "
-                                  "pixel noise; 1-2 when neighbouring pixels share noise (resampled, demosaiced "
-                                  "or binned images: the result then still looks noisy with 0)")
+        self.lr = _config_float_spin("lr", 6, low=1e-6, high=1.0, step=1e-4)
+        self.seed = _config_spin("seed", high=2**31 - 1)  # a Qt spin box holds 32-bit integers
+        self.depth = _config_spin("depth")
+        self.features = _config_spin("features", low=4, high=256)
+        self.val_fraction = _config_float_spin("val_fraction", 2, high=0.5, step=0.05)
+        # One control per method option that a method shows (Option.label), built from the Option.
+        self.option_controls = {option.name: _option_control(option) for option in shown_options(self.choices)}
+        for name, control in self.option_controls.items():
+            if not hasattr(self, name):  # widget.mixture, widget.blind_radius, ...
+                setattr(self, name, control)
         self.tta = QCheckBox("8x test-time augmentation for the result")
         self.tta.setToolTip("Average the result over 8 flips and rotations: a little better, 8x slower to denoise")
         self.method_rows = {}
+        option_rows = [(option.label, self.option_controls[option.name]) for option in shown_options(self.choices)]
         for label, widget in (("patch", self.patch), ("batch", self.batch), ("learning rate", self.lr),
                               ("seed", self.seed), ("depth", self.depth), ("features", self.features),
-                              ("validation", self.val_fraction), ("λ invariance", self.lambda_inv),
-                              ("noise mixture K", self.mixture), ("blind radius", self.blind_radius),
-                              ("", self.tta)):
+                              ("validation", self.val_fraction), *option_rows, ("", self.tta)):
             advanced_form.addRow(label, widget)
             self.method_rows[label] = (advanced_form.labelForField(widget), widget)
         self.advanced.addWidget(advanced)
@@ -302,7 +322,7 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ remembered settings
     def _remembered(self) -> dict:
         """The controls whose values come back when the widget reopens, by name."""
-        return {name: getattr(self, name) for name in REMEMBERED}
+        return {**{name: getattr(self, name) for name in REMEMBERED}, **self.option_controls}
 
     def _restore_settings(self) -> None:
         """The last session's method, budget and advanced options; then every change is saved (debounced:
@@ -345,7 +365,7 @@ class TrainWidget(QWidget):
     def _update_noise_note(self, *_) -> None:
         """Suggest the blind radius while it is 0 and the layer's noise looks shared by neighbouring pixels."""
         hint = None
-        if self.axes_fit and self.blind_radius.value() == 0:
+        if self.axes_fit and self.option_controls["blind_radius"].value() == 0:
             hint = shared_noise_hint(self.image_picker.layer().data, self.axes_edit.text().strip().upper())
         self.noise_note.setText("Noise shared by neighbouring pixels? Try blind radius 2 (Advanced options)."
                                 if hint else "")
@@ -378,10 +398,11 @@ class TrainWidget(QWidget):
 
     def _method_changed(self, *_) -> None:
         method = self.method
-        self.method_help.setText(METHOD_TITLES[method])
-        for owners, _, label in METHOD_OPTIONS:
-            for widget in self.method_rows[label]:
-                widget.setVisible(method in owners)
+        choice = self.choices[method]
+        self.method_help.setText(choice.summary)
+        for option in shown_options(self.choices):
+            for widget in self.method_rows[option.label]:
+                widget.setVisible(option.name in labelled(choice))
         trains = method != CLASSIC
         # The classic filters are calibrated, not trained: only the blind radius of the advanced options applies.
         for widget in (self.steps, self.minutes, self.device_picker, self.region_picker, self.patch, self.batch,
@@ -423,7 +444,7 @@ class TrainWidget(QWidget):
 
         self.start_from = (str(path), model)
         config = model.config
-        self.method_picker.setCurrentIndex(list(METHOD_TITLES).index(config.method))
+        self.method_picker.setCurrentIndex(self.method_picker.findData(config.method))
         self.depth.setValue(config.depth)
         self.features.setValue(config.features)
         for widget in (self.method_picker, self.depth, self.features):
@@ -437,8 +458,8 @@ class TrainWidget(QWidget):
         """The widget's settings as the engine's one configuration object."""
         from ..core.config import TrainConfig
 
-        options = {option: getattr(self, option).value() for owners, option, _ in METHOD_OPTIONS
-                   if self.method in owners}
+        options = {name: settings.control_value(self.option_controls[name])
+                   for name in labelled(self.choices[self.method])}
         return TrainConfig(
             method=self.method, axes=axes, steps=self.steps.value(),
             time_limit=self.minutes.value() * 60 or None, patch=self.patch.value(), batch=self.batch.value(),
@@ -490,7 +511,7 @@ class TrainWidget(QWidget):
                "preview_layer": None}
         if self.method == CLASSIC:
             self.denoiser = None
-            radius = self.blind_radius.value()
+            radius = self.option_controls["blind_radius"].value()
             return on_array(layer.data, lambda image: classic_job(image, axes, blind_radius=radius)), run
         from ..core.denoiser import Denoiser
 
@@ -895,6 +916,53 @@ def _stop_on_close(widget):
         if widget.worker is not None:
             end_worker(widget.worker)
     return stop
+
+
+def _config_spin(name: str, low: int | None = None, high: int | None = None, step: int = 1) -> QSpinBox:
+    """A spin box for the int field ``name`` of TrainConfig: its default and help; its range unless the
+    form's own (``low``, ``high``) is narrower."""
+    f = CONFIG_FIELDS[name]
+    low = f.metadata["low"] if low is None else max(low, f.metadata["low"])
+    high = f.metadata["high"] if high is None else min(high, f.metadata["high"] or high)
+    return _spin(low, high, f.default, _tip(f.metadata["help"]), step)
+
+
+def _config_float_spin(name: str, decimals: int, low: float | None = None, high: float | None = None,
+                       step: float = 1.0) -> QDoubleSpinBox:
+    """A spin box for the float field ``name`` of TrainConfig (see ``_config_spin``)."""
+    f = CONFIG_FIELDS[name]
+    low = f.metadata["low"] if low is None else max(low, f.metadata["low"])
+    high = f.metadata["high"] if high is None else min(high, f.metadata["high"] or high)
+    return _float_spin(low, high, f.default, decimals, _tip(f.metadata["help"]), step)
+
+
+def _option_control(option: Option) -> QWidget:
+    """The control of a method option: a check box, a spin box in its range, or a list of its choices."""
+    tip = _tip(option.help)
+    if option.kind is bool:
+        box = QCheckBox()
+        box.setChecked(option.default)
+        box.setToolTip(tip)
+        return box
+    if option.choices is not None:
+        box = QComboBox()
+        for choice in option.choices:
+            box.addItem(choice, choice)
+        box.setCurrentIndex(box.findData(option.default))
+        box.setToolTip(tip)
+        return box
+    if option.kind is int:
+        low = 0 if option.low is None else int(option.low) + option.low_open
+        return _spin(low, 2**31 - 1 if option.high is None else int(option.high), option.default, tip,
+                     int(option.step or 1))
+    low = 0.0 if option.low is None else option.low + (10 ** -option.decimals if option.low_open else 0)
+    return _float_spin(low, 1e6 if option.high is None else option.high, option.default, option.decimals, tip,
+                       option.step or 1.0)
+
+
+def _tip(help_text: str) -> str:
+    """A help phrase (lower case, from the engine) as a tooltip sentence."""
+    return help_text[:1].upper() + help_text[1:]
 
 
 def _spin(low: int, high: int, value: int, tip: str, step: int = 1) -> QSpinBox:

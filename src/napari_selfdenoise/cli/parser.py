@@ -1,7 +1,8 @@
 """The arguments of every command and their help.
 
-Defaults shown in the help of ``train`` come from ``TrainConfig`` (its fields are the one source); the
-lists of methods and devices are filled in only when help is shown (listing them imports torch).
+``train``'s options that set a ``TrainConfig`` field are built from the field's metadata (help, range,
+flag, metavar) and default (its fields are the one source); the lists of methods, their options and the
+devices are filled in only when help is shown (listing them imports torch).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import sys
 from dataclasses import MISSING, fields
 
 from .._version import __version__
-from ..core.config import TrainConfig
+from ..core.config import TrainConfig, is_whole, range_text
 from .common import EXIT_ERROR, PROG
 from .demo import DEMO_STEPS
 
 # In the order the help and the "give a command" message list them; each is a module with cmd_<name>.
 COMMANDS = ("train", "predict", "calibrate", "noise", "export", "demo", "info")
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
+# With --from these come from the model unless given (the network's own, depth and features, always do).
+FROM_MODEL = ("patch", "patch_z", "batch", "lr", "seed")
 OVERWRITE_HELP = "replace outputs that exist (default: refuse); an input is never overwritten"
 
 
@@ -31,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Fills ``{methods}`` and ``{devices}`` only when help is shown: listing them imports torch."""
+    """Fills ``{methods}``, ``{options}`` and ``{devices}`` only when help is shown: listing them imports torch."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -39,6 +43,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             from ..core.methods import method_names
 
             text = text.replace("{methods}", ", ".join(method_names(include_classic=False)))
+        if "{options}" in text:
+            text = text.replace("{options}", _method_options_text())
         if "{devices}" in text:
             from ..core.nn.device import available_devices
 
@@ -67,50 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
                                         "only rank 0 validates, shows progress and writes the model.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images (.tif, .ome.tif, .npy)")
     p.add_argument("--out", "-o", required=True, metavar="MODEL", help="model file to write (.sdmodel)")
-    p.add_argument("--method", metavar="METHOD",
-                   help="auto (the default: trains the classic filter and n2s, nnet, n2same, drops the worse "
+    _config_flag(p, "method",
+                 help="auto (the default: trains the classic filter and n2s, nnet, n2same, drops the worse "
                         "ones early by their self-supervised score and keeps the best; --option "
                         "candidates=n2s,nnet chooses them) or one of: {methods}")
-    p.add_argument("--axes", help="axes of the inputs, e.g. YX, ZYX, TYX, CYX (default: from the file)")
+    _config_flag(p, "axes", help="axes of the inputs, e.g. YX, ZYX, TYX, CYX (default: from the file)")
     budget = p.add_argument_group("budget (the first one reached ends training; none given: 2000 steps)")
-    budget.add_argument("--steps", type=int, help="training steps")
-    budget.add_argument("--epochs", type=int, help="epochs (of --steps-per-epoch steps)")
-    budget.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall-clock limit in seconds")
-    budget.add_argument("--steps-per-epoch", type=int,
-                        help=f"steps between validations (default {DEFAULTS['steps_per_epoch']})")
+    for name in ("steps", "epochs", "time_limit", "steps_per_epoch"):
+        _config_flag(budget, name)
     p.add_argument("--from", dest="start_from", metavar="MODEL",
                    help="fine-tune: start from this model (.sdmodel, or a bioimage.io .zip exported by "
                         "napari-selfdenoise) and continue training it on INPUT; its method, network and "
                         "normalisation are kept, the budget counts the new steps")
-    p.add_argument("--patch", type=int,
-                   help=f"patch size in Y and X (default {DEFAULTS['patch']}; with --from: the model's)")
-    p.add_argument("--patch-z", type=int,
-                   help=f"patch size in Z, for 3D (default {DEFAULTS['patch_z']}; with --from: the model's)")
-    p.add_argument("--batch", type=int,
-                   help="patches per step, in all (default: 16 on the CPU, on a GPU the largest power of two up "
-                        "to 128 that fits in half its free memory; with --from: the model's); under torchrun each "
-                        "of N processes trains on batch/N of them (batch must be a multiple of N x --accumulate)")
-    p.add_argument("--accumulate", type=int, metavar="K",
-                   help="gradient accumulation: each process splits its share of the batch into K "
-                        f"micro-batches, for less memory (default {DEFAULTS['accumulate']}); N processes x K is "
-                        "what decides the "
-                        "random draws, so --accumulate 2 in one process reproduces 2 processes")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {DEFAULTS['lr']:g}; with --from: the model's)")
-    p.add_argument("--depth", type=int, help=f"U-Net poolings (default {DEFAULTS['depth']})")
-    p.add_argument("--features", type=int, help=f"U-Net channels at the top level (default {DEFAULTS['features']})")
-    p.add_argument("--z-levels", type=int, metavar="N",
-                   help="3D: how many of the --depth poolings also halve Z (default: all of them for stacks "
-                        "of 8 or more Z planes, none for thinner ones, which pool only Y and X and train on "
-                        "all their planes)")
-    p.add_argument("--val-fraction", type=float,
-                   help=f"fraction held out for validation (default {DEFAULTS['val_fraction']})")
-    p.add_argument("--seed", type=int, help=f"random seed (default {DEFAULTS['seed']}; with --from: the model's)")
-    p.add_argument("--device", default="auto", help="auto (default) or one of: {devices}")
+    for name in ("patch", "patch_z", "batch", "accumulate", "lr", "depth", "features", "z_levels", "val_fraction",
+                 "seed"):
+        _config_flag(p, name)
+    _config_flag(p, "device", default=DEFAULTS["device"], help="auto (default) or one of: {devices}")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option mask_fraction=0.01 (repeatable; values are JSON "
                         "when they parse as JSON). Every neural method has blind_radius=N (0-4): hide the "
                         "pixels within N of each blind spot, for noise shared by neighbouring pixels; nnet "
-                        "has calibrate=false to keep the jointly trained noise model")
+                        "has calibrate=false to keep the jointly trained noise model. The options and their "
+                        "defaults: {options}")
     p.add_argument("--mixture", type=int, metavar="K",
                    help="nnet: noise model as a mixture of K Gaussians (1-3; 1 = a single Gaussian)")
     _add_trust_code(p)
@@ -223,6 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="model file (.sdmodel) or bioimage.io package (.zip)")
     _add_trust_code(p)
     return parser
+
+
+def _config_flag(parser, name: str, **settings) -> None:
+    """The option of the TrainConfig field ``name``: flag, type, metavar and help from its metadata
+    (``settings`` add to them or replace them)."""
+    f = CONFIG_FIELDS[name]
+    meta = f.metadata
+    kind = str(f.type).split(" |")[0]
+    arguments = {"type": int if is_whole(f) else float if kind == "float" else None, "help": _config_help(f)}
+    if meta["metavar"]:
+        arguments["metavar"] = meta["metavar"]
+    parser.add_argument(meta["flag"], **{**{k: v for k, v in arguments.items() if v is not None}, **settings})
+
+
+def _config_help(f) -> str:
+    """The field's help, then its range (where it has an upper bound), default and fine-tuning note."""
+    notes = []
+    if f.metadata["high"] is not None and f.metadata["high"] < 2**31:
+        notes.append(range_text(f))
+    if f.default is not None and f.default is not MISSING:
+        notes.append(f"default {f.default:g}" if isinstance(f.default, float) else f"default {f.default}")
+    if f.name in FROM_MODEL:
+        notes.append("with --from: the model's")
+    return f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _method_options_text() -> str:
+    """Every registered method's options with their defaults (``n2s: grid=4, ...; n2v: ...``)."""
+    from ..core.methods import METHODS
+
+    def shown(value):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return "; ".join(f"{name}: " + ", ".join(f"{o.name}={shown(o.default)}" for o in cls.option_specs)
+                     for name, cls in METHODS.items() if cls.option_specs)
 
 
 def _add_trust_code(parser) -> None:

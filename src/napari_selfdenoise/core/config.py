@@ -13,47 +13,79 @@ from .data.axes import validate_axes
 from .errors import SelfDenoiseError
 
 
+def setting(default=None, help: str = "", *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, flag: str | None = None, metavar: str | None = None,
+            factory=None):
+    """A ``TrainConfig`` field with what every front end says about it: ``help`` (one phrase, lower case),
+    the allowed range (``low``/``high`` inclusive, or exclusive with ``low_open``/``high_open``; checked by
+    ``__post_init__`` for int and float fields), and ``flag``: the ``selfdenoise train`` option built from it
+    (cli/parser.py), with its ``metavar``."""
+    metadata = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
+                "flag": flag, "metavar": metavar}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that decides how a model is trained. Units: pixels, steps, seconds."""
+    """Everything that decides how a model is trained. Units: pixels, steps, seconds.
 
-    # "auto": race the neural methods (and the classical filter) on the self-supervised score (core/auto.py)
-    method: str = "auto"
-    axes: str = "YX"
+    Each field's help, range and command-line flag are in its metadata (``setting``); the CLI's help,
+    the checks below and the Train widget's controls read them from there.
+    """
+
+    # "auto": race the neural methods (and the classical filter) on the self-supervised score (core/training/auto.py)
+    method: str = setting("auto", "auto (race the methods on the self-supervised score, keep the best) or a "
+                                  "registered method", flag="--method", metavar="METHOD")
+    axes: str = setting("YX", "axes of the images, e.g. YX, ZYX, TYX, CYX", flag="--axes")
     # Patch edge in Y and X; ``patch_z`` is used by 3D (Z) models.
-    patch: int = 64
-    patch_z: int = 16
+    patch: int = setting(64, "patch size in Y and X, a multiple of 2**depth", low=1, flag="--patch")
+    patch_z: int = setting(16, "patch size in Z, for 3D", low=1, flag="--patch-z")
     # The global batch: with several processes (torchrun) and ``accumulate`` it is cut into
     # processes x accumulate equal shards, each from its own random stream (see core/distributed.py).
     # None: chosen for the device when training starts (16 on the CPU; on a GPU what fits, up to 128
     # patches of 64^2; see core/device.py), then kept here.
-    batch: int | None = None
+    batch: int | None = setting(
+        None, "patches per step, in all; under torchrun each of N processes trains on batch/N of them (a "
+              "multiple of N x accumulate). Default: 16 on the CPU, on a GPU the largest power of two up to 128 "
+              "that fits in half its free memory", low=1, flag="--batch")
     # Gradient accumulation: shards per step in each process (less memory, the same step).
-    accumulate: int = 1
+    accumulate: int = setting(
+        1, "gradient accumulation: each process splits its share of the batch into K micro-batches, for less "
+           "memory; N processes x K is what decides the random draws, so accumulate 2 in one process "
+           "reproduces 2 processes", low=1, flag="--accumulate", metavar="K")
     # Budget: the first one reached ends training. With none given, ``steps`` defaults to 2000.
-    steps: int | None = None
-    epochs: int | None = None
-    time_limit: float | None = None
-    steps_per_epoch: int = 100
-    lr: float = 4e-4
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
+    steps: int | None = setting(None, "training steps", low=1, flag="--steps")
+    epochs: int | None = setting(None, "epochs (of steps-per-epoch steps)", low=1, flag="--epochs")
+    time_limit: float | None = setting(None, "wall-clock limit in seconds", low=0, low_open=True, flag="--time-limit",
+                                       metavar="SECONDS")
+    steps_per_epoch: int = setting(100, "steps between validations", low=1, flag="--steps-per-epoch")
+    lr: float = setting(4e-4, "learning rate of Adam", low=0, low_open=True, flag="--lr")
+    seed: int = setting(0, "random seed: the same seed, the same result", low=0, high=2**63 - 1, flag="--seed")
+    device: str = setting("auto", "auto (a GPU when there is one) or a torch device", flag="--device")
+    amp: bool = setting(True, "mixed precision on GPUs")
     # U-Net size.
-    depth: int = 2
-    features: int = 32
+    depth: int = setting(2, "U-Net poolings", low=1, high=6, flag="--depth")
+    features: int = setting(32, "U-Net channels at the top level", low=1, high=512, flag="--features")
     # 3D only: how many of the ``depth`` poolings also halve Z; None = automatic (all of them with 8 or
     # more Z planes, none below: thin stacks, usually coarse in Z, pool only Y and X and train on all planes).
-    z_levels: int | None = None
+    z_levels: int | None = setting(
+        None, "3D: how many of the depth poolings also halve Z (default: all of them for stacks of 8 or more Z "
+              "planes, none for thinner ones, which pool only Y and X and train on all their planes)",
+        low=0, flag="--z-levels", metavar="N")
     # Fraction of the data held out for validation (whole samples when there are many).
-    val_fraction: float = 0.1
+    val_fraction: float = setting(0.1, "fraction held out for validation", low=0, high=1, high_open=True,
+                                  flag="--val-fraction")
     # Emit a noise-level curve (on a fixed validation crop) every this many steps; 0 turns it off.
-    curve_every: int = 100
+    curve_every: int = setting(100, "steps between noise-level curves for live plots (0: off)", low=0)
     # "auto" lets the method choose (percentile for most; mean/std for n2same, whose lambda assumes it).
-    normalization: str = "auto"
-    percentiles: tuple[float, float] = (0.5, 99.5)
+    normalization: str = setting("auto", "auto (the method's choice), percentile or meanstd")
+    percentiles: tuple[float, float] = setting((0.5, 99.5), "the percentiles that map to 0 and 1 (percentile "
+                                                            "normalisation)")
     # Method-specific options (e.g. ``grid`` for n2s, ``mask_fraction`` for n2v); see each method.
-    method_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = setting(  # noqa: RUF009 (setting returns a field with a default_factory)
+        help="the method's own options (each method's option_specs)", factory=dict)
 
     def __post_init__(self):
         # The same checks for the API, the CLI, the widgets and model files: every value of the right type
@@ -61,30 +93,13 @@ class TrainConfig:
         if not isinstance(self.method, str) or not isinstance(self.device, str):
             raise SelfDenoiseError("method and device must be names (strings)")
         self.axes = validate_axes(self.axes)
-        for name in ("patch", "patch_z", "accumulate", "steps_per_epoch", "depth", "features") + \
-                (("batch",) if self.batch is not None else ()):
-            setattr(self, name, _integer(name, getattr(self, name), 1))
-        for name in ("steps", "epochs"):
-            if getattr(self, name) is not None:
-                setattr(self, name, _integer(name, getattr(self, name), 1))
-        self.seed = _integer("seed", self.seed, 0, 2**63 - 1, "a non-negative integer")
-        self.curve_every = _integer("curve_every", self.curve_every, 0, what="a non-negative integer (0: off)")
-        for name, high in (("depth", 6), ("features", 512)):
-            if getattr(self, name) > high:
-                raise SelfDenoiseError(f"{name} must be at most {high} (got {getattr(self, name)}); a larger "
-                                       "network would not fit in memory")
-        if self.z_levels is not None:
-            self.z_levels = _integer("z_levels", self.z_levels, 0)
-            if self.z_levels > self.depth:
-                raise SelfDenoiseError(f"z_levels must be between 0 and depth ({self.depth}), or None (automatic)")
+        for f in dataclasses.fields(self):
+            if f.metadata.get("low") is not None and getattr(self, f.name) is not None:
+                setattr(self, f.name, _in_range(f, getattr(self, f.name)))
+        if self.z_levels is not None and self.z_levels > self.depth:
+            raise SelfDenoiseError(f"z_levels must be between 0 and depth ({self.depth}), or None (automatic)")
         if self.batch is not None and self.batch % self.accumulate:
             raise SelfDenoiseError(f"batch {self.batch} must be a multiple of accumulate {self.accumulate}")
-        if self.time_limit is not None:
-            self.time_limit = _positive("time_limit", self.time_limit, "a positive number of seconds")
-        self.lr = _positive("lr", self.lr, "a positive number (the learning rate, e.g. 4e-4)")
-        if not is_finite_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
-            raise SelfDenoiseError(f"val_fraction must be in [0, 1) (got {_shown(self.val_fraction)})")
-        self.val_fraction = float(self.val_fraction)
         if not isinstance(self.amp, bool):
             raise SelfDenoiseError("amp must be true or false")
         if self.normalization not in ("auto", "percentile", "meanstd"):
@@ -140,17 +155,36 @@ def is_finite_number(value) -> bool:
     return math.isfinite(value)
 
 
-def _integer(name: str, value, low: int, high: int | None = None, what: str = "a positive integer") -> int:
-    """``value`` as an int when it is a whole number in [low, high]; else a one-line error naming ``name``."""
-    if not is_finite_number(value) or value != int(value) or value < low or (high is not None and value > high):
-        raise SelfDenoiseError(f"{name} must be {what} (got {_shown(value)})")
-    return int(value)
+def _in_range(f: dataclasses.Field, value):
+    """``value`` of the field ``f`` as its type (int or float) when it is in the field's range; else a
+    one-line error that names the field and the range."""
+    meta = f.metadata
+    whole = is_whole(f)
+    fits = is_finite_number(value) and (value == int(value) if whole else True)
+    fits = fits and (value > meta["low"] if meta["low_open"] else value >= meta["low"])
+    if fits and meta["high"] is not None:
+        fits = value < meta["high"] if meta["high_open"] else value <= meta["high"]
+    if not fits:
+        raise SelfDenoiseError(f"{f.name} must be {range_text(f)} (got {_shown(value)})")
+    return int(value) if whole else float(value)
 
 
-def _positive(name: str, value, what: str) -> float:
-    if not is_finite_number(value) or not value > 0:
-        raise SelfDenoiseError(f"{name} must be {what} (got {_shown(value)})")
-    return float(value)
+def range_text(f: dataclasses.Field) -> str:
+    """A field's range in words: "a positive integer", "an integer from 1 to 6", "in [0, 1)", ..."""
+    meta = f.metadata
+    low, high = meta["low"], meta["high"]
+    if is_whole(f):
+        if high is not None and high < 2**31:  # the seed's 2**63 - 1 would only distract
+            return f"an integer from {low} to {high}"
+        return "a positive integer" if low >= 1 else "a non-negative integer"
+    if high is None:
+        return "a positive number" if low == 0 and meta["low_open"] else f"a number of at least {low:g}"
+    return f"in {'(' if meta['low_open'] else '['}{low:g}, {high:g}{')' if meta['high_open'] else ']'}"
+
+
+def is_whole(f: dataclasses.Field) -> bool:
+    """An int field (``int`` or ``int | None``; the annotations are strings here)."""
+    return str(f.type).split(" |")[0] == "int"
 
 
 def _shown(value) -> str:

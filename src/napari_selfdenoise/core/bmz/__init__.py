@@ -33,7 +33,6 @@ the sha256 checks), ``tensors`` (axes, sizes and processing steps of a descripti
 """
 
 from .export import (
-    CITATIONS,
     DEFAULT_LICENSE,
     FORMAT_VERSION,
     INPUT_ID,
@@ -62,7 +61,7 @@ from .package import (
 from .png import cover_png, png_bytes
 from .tensors import MAX_AXIS_SIZE
 
-__all__ = ["CITATIONS", "CONFIG_KEY", "DEFAULT_LICENSE", "FORMAT_VERSION", "INPUT_ID", "MAX_AXIS_SIZE", "MAX_YAML_NODES",
+__all__ = ["CONFIG_KEY", "DEFAULT_LICENSE", "FORMAT_VERSION", "INPUT_ID", "MAX_AXIS_SIZE", "MAX_YAML_NODES",
            "NATIVE", "OUTPUT_DESCRIPTIONS", "RDF", "ForeignModel", "NativeInPackage", "_Package", "check_metadata",
            "clean_name", "cover_png", "default_metadata", "default_tags", "export_bmz", "is_bmz_package", "load_yaml",
            "parse_author", "png_bytes", "rdf_entry", "read_bmz", "readme"]

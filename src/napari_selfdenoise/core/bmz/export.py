@@ -34,20 +34,6 @@ INPUT_ID = "raw"
 DEFAULT_LICENSE = "CC-BY-4.0"
 NAME_CHARACTERS = set(string.ascii_letters + string.digits + "_+- ()")
 
-# The method papers, as the rdf's ``cite`` entries (DOIs; arXiv DOIs where the paper is there).
-CITATIONS = {
-    "n2s": ("Batson J. & Royer L. Noise2Self: Blind Denoising by Self-Supervision. ICML 2019.",
-            "10.48550/arXiv.1901.11365"),
-    "n2v": ("Krull A., Buchholz T.-O. & Jug F. Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
-            "10.1109/CVPR.2019.00223"),
-    "n2v2": (("Höck E., Buchholz T.-O., Brachmann A., Jug F. & Freytag A. N2V2 - Fixing Noise2Void "
-              "Checkerboard Artifacts with Modified Sampling Strategies and a Tweaked Network "
-              "Architecture. ECCV Workshops 2022."), "10.48550/arXiv.2211.08512"),
-    "n2same": (("Xie Y., Wang Z. & Ji S. Noise2Same: Optimizing A Self-Supervised Bound for Image "
-                "Denoising. NeurIPS 2020."), "10.48550/arXiv.2010.11971"),
-    "nnet": (("Ollion J., Ollion C., Gassiat E., Lehéricy L. & Le Corff S. Joint self-supervised blind "
-              "denoising and noise estimation. arXiv:2102.08023, 2021."), "10.48550/arXiv.2102.08023"),
-}
 OUTPUT_DESCRIPTIONS = {
     "denoised": "the denoised image, in the input's units",
     "noise_std": "the predicted standard deviation of the noise at each pixel, in the input's units",
@@ -251,8 +237,7 @@ def _package_files(denoiser, sample, name, description, authors, license, tags) 
         "name": name,
         "description": description,
         "authors": authors,
-        "cite": [{"text": CITATIONS.get(denoiser.config.method, (method.paper, None))[0],
-                  **({"doi": CITATIONS[denoiser.config.method][1]} if denoiser.config.method in CITATIONS else {})}],
+        "cite": [_cite(method.citation)],  # the method's paper (Method.citation)
         "license": license,
         "tags": tags,
         "version": "1",
@@ -305,6 +290,11 @@ def _package_files(denoiser, sample, name, description, authors, license, tags) 
     return files
 
 
+def _cite(citation) -> dict[str, str]:
+    """An rdf ``cite`` entry: the text, and the DOI when the paper has one."""
+    return {"text": citation.text, **({"doi": citation.doi} if citation.doi else {})}
+
+
 def _linear(gain, offset) -> list[dict]:
     """A ``scale_linear`` step (per channel when there are several), or none when it would be identity."""
     gain, offset = [float(g) for g in np.atleast_1d(gain)], [float(o) for o in np.atleast_1d(offset)]
@@ -323,7 +313,7 @@ def _native_header(denoiser) -> dict:
 
 def readme(denoiser, name: str, description: str, sample_shape) -> str:
     config, state, arch = denoiser.config, denoiser.state, denoiser.architecture
-    text, doi = CITATIONS.get(config.method, (denoiser.method.paper, None))
+    text, doi = denoiser.method.citation.text, denoiser.method.citation.doi
     outputs = "\n".join(f"- `{o}`: {OUTPUT_DESCRIPTIONS.get(o, o)}" for o in denoiser.method.outputs)
     loss = "n/a" if state.best_val_loss is None else f"{state.best_val_loss:.4g}"
     return f"""# {name}

@@ -1,4 +1,6 @@
-"""Method plug-ins, registered by name. A new method is one small module plus one line here."""
+"""Method plug-ins, registered by name. A new method is one small module plus one line here: the CLI's
+method choices and option help, the Train widget's method picker and option controls, model files and
+bioimage.io citations all read the registry (see ``Method`` for what a method declares)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,17 @@ from .n2s import Noise2Self
 from .n2same import Noise2Same
 from .n2v import Noise2Void, Noise2Void2
 from .nnet import NoiseModelNet
+from .options import MethodChoice
 
 METHODS: dict[str, type[Method]] = {}
+# What every registered method must declare: the front ends show them.
+REQUIRED_FACTS = ("name", "title", "summary", "citation")
 
 
 def register(cls: type[Method]) -> type[Method]:
+    missing = [fact for fact in REQUIRED_FACTS if not hasattr(cls, fact)]
+    if missing:
+        raise TypeError(f"method class {cls.__name__} must set {', '.join(missing)}")
     METHODS[cls.name] = cls
     return cls
 
@@ -28,6 +36,11 @@ CLASSIC = "classic"
 
 def method_names(include_classic: bool = True) -> list[str]:
     return list(METHODS) + ([CLASSIC] if include_classic else [])
+
+
+def method_choices() -> list[MethodChoice]:
+    """The registered methods as the method picker lists them (``auto`` and ``classic`` add theirs)."""
+    return [cls.choice() for cls in METHODS.values()]
 
 
 def get_method(name: str, options: dict[str, Any] | None = None) -> Method:

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import SelfDenoiseError
 from ..steps import Steps
-from .blind_radius import check_blind_radius
+from .options import Citation, MethodChoice, Option
 
 
 class Method:
@@ -20,8 +20,12 @@ class Method:
     """
 
     name: ClassVar[str]
+    # The method's name in model files, summaries and exports ("Noise2Self").
     title: ClassVar[str]
-    paper: ClassVar[str]
+    # One line for the method picker: "Title: the idea (whose paper)".
+    summary: ClassVar[str]
+    # The paper, as exports cite it.
+    citation: ClassVar[Citation]
     # "neural" methods train a network with the Trainer; "classic" ones are calibrated filters.
     kind: ClassVar[str] = "neural"
     n2v2_network: ClassVar[bool] = False
@@ -34,26 +38,41 @@ class Method:
     # About how many training steps' time ``finish`` takes (default options, CPU): under a time limit the
     # trainer keeps that much of it (at most a share) for the finishing step.
     finishing_steps: ClassVar[int] = 0
-    # Option name -> default value; user options are checked against these names.
+    # The options (their types, defaults, ranges, help); user options are checked against them.
+    option_specs: ClassVar[tuple[Option, ...]] = ()
+    # Option name -> default value, made from ``option_specs`` (never written by hand).
     defaults: ClassVar[dict[str, Any]] = {}
     # Option -> the value a model file that does not list the option was made with. Model files list every
     # option since these were introduced (before, only the options the user set), so a missing option means
     # the file predates the option or a change of its default; it keeps its old behaviour.
     legacy_defaults: ClassVar[dict[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "defaults" in vars(cls):
+            raise TypeError(f"{cls.__name__}: list the options in option_specs; defaults is made from them")
+        cls.defaults = {option.name: option.default for option in cls.option_specs}
+
     def __init__(self, options: dict[str, Any] | None = None):
         options = dict(options or {})
-        unknown = sorted(set(options) - set(self.defaults))
+        specs = {option.name: option for option in self.option_specs}
+        unknown = sorted(set(options) - set(specs))
         if unknown:
-            known = ", ".join(self.defaults) or "none"
+            known = ", ".join(specs) or "none"
             raise SelfDenoiseError(
                 f"method {self.name!r} has no option {', '.join(unknown)}; its options are: {known}"
             )
-        for key, value in options.items():
-            _check_option_type(self.name, key, value, self.defaults[key])
-        self.options = {**self.defaults, **options}
-        if "blind_radius" in self.options:
-            self.options["blind_radius"] = check_blind_radius(self.options["blind_radius"])
+        self.options = {**self.defaults, **{key: specs[key].checked(self.name, value)
+                                            for key, value in options.items()}}
+
+    @property
+    def paper(self) -> str:
+        return self.citation.text
+
+    @classmethod
+    def choice(cls) -> MethodChoice:
+        """This method's entry in the method picker."""
+        return MethodChoice(cls.name, cls.summary, cls.option_specs)
 
     def architecture(self, channels: int, dims: int, depth: int, features: int) -> dict[str, Any]:
         """The network's description, stored in model files; ``networks.build_network`` builds it."""
@@ -85,24 +104,3 @@ class Method:
         """Bring an output back to the input's units (denoised: offset and scale; stds: scale only)."""
         return normalization.invert(values)
 
-
-def _check_option_type(method: str, key: str, value, default) -> None:
-    """A method option must have its default's type (``defaults`` is the schema): a bool for a bool, a
-    whole number for an int, a number for a float, text for text; a default of None takes anything.
-    Without this a wrong type (``--option mixture=abc``) fails deep inside training, as a traceback."""
-    if default is None:
-        return
-    if isinstance(default, bool):
-        ok, kind = isinstance(value, bool), "true or false"
-    elif isinstance(default, int):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
-        kind = "a whole number"
-    elif isinstance(default, float):
-        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    elif isinstance(default, str):
-        ok, kind = isinstance(value, str), "text"
-    else:
-        return
-    if not ok:
-        raise SelfDenoiseError(f"method {method!r} option {key} must be {kind} like its default {default!r} "
-                               f"(got {value!r})")

@@ -39,10 +39,13 @@ from ..data.normalize import Normalization
 from ..errors import SelfDenoiseError
 from ..steps import drain
 from .blind_radius import check_blind_radius, grid_spacing
+from .options import BLIND_RADIUS, MethodChoice
 
 LOSS_CROP_2D = (256, 256)
 LOSS_CROP_3D = (16, 64, 64)
 LOSS_PHASES_3D = 16
+# The method picker's entry: calibrated, not trained, so of the options only the blind radius applies.
+CHOICE = MethodChoice("classic", "Classic filters calibrated by the Noise2Self loss (no training)", (BLIND_RADIUS,))
 MIN_SIZE = 8  # along Y and X; smaller images have too few pixels per phase
 
 DenoiseFn = Callable[[np.ndarray], np.ndarray]

@@ -7,13 +7,21 @@ import torch
 from .base import Method
 from .blind_radius import grid_spacing
 from .masking import grid_mask, hide_blind_spots, masked_mse, phase_grid_mask, replace_with_donut_mean
+from .options import BLIND_RADIUS, Citation, Option
 
 
 class Noise2Self(Method):
     name = "n2s"
     title = "Noise2Self"
-    paper = "Batson & Royer, Noise2Self: Blind Denoising by Self-Supervision, ICML 2019"
-    defaults = {"grid": 4, "invariant_inference": False, "blind_radius": 0}
+    summary = "Noise2Self: J-invariant grid masking (Batson & Royer 2019)"
+    citation = Citation("Batson J. & Royer L. Noise2Self: Blind Denoising by Self-Supervision. ICML 2019.",
+                        "10.48550/arXiv.1901.11365")
+    option_specs = (
+        Option("grid", 4, low=2, help="spacing of the grid of masked pixels (J): one pixel in grid**d per step"),
+        Option("invariant_inference", False,
+               help="predict strictly J-invariantly (grid**d passes, each pixel from the pass that hid it)"),
+        BLIND_RADIUS,
+    )
 
     @property
     def spacing(self) -> int:

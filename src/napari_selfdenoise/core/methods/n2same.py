@@ -13,23 +13,26 @@ import torch
 
 from .base import Method
 from .masking import hide_blind_spots, replace_with_donut_mean, stratified_mask
+from .options import BLIND_RADIUS, Citation, Option
 
 
 class Noise2Same(Method):
     name = "n2same"
     title = "Noise2Same"
-    paper = "Xie, Wang & Ji, Noise2Same: Optimizing A Self-Supervised Bound for Image Denoising, NeurIPS 2020"
+    summary = "Noise2Same: invariance as a loss term (Xie, Wang & Ji 2020)"
+    citation = Citation("Xie Y., Wang Z. & Ji S. Noise2Same: Optimizing A Self-Supervised Bound for Image "
+                        "Denoising. NeurIPS 2020.", "10.48550/arXiv.2010.11971")
     preferred_normalization = "meanstd"
     # J: ~0.5 % of pixels, one per box; replaced by N(0, 0.2) noise (or the donut neighbour mean).
-    defaults = {"lambda_inv": 2.0, "mask_fraction": 0.005, "replacement": "gaussian", "replacement_std": 0.2,
-                "blind_radius": 0}
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        if self.options["replacement"] not in ("gaussian", "donut"):
-            from ..errors import SelfDenoiseError
-
-            raise SelfDenoiseError("n2same option replacement must be 'gaussian' or 'donut'")
+    option_specs = (
+        Option("lambda_inv", 2.0, low=0, high=100, label="λ invariance", step=0.5,
+               help="Noise2Same: weight of the invariance term (2 for mean/std-normalised input)"),
+        Option("mask_fraction", 0.005, low=0, high=1, low_open=True, help="fraction of the pixels in J per patch"),
+        Option("replacement", "gaussian", choices=("gaussian", "donut"),
+               help="what replaces the pixels of J: gaussian noise or the mean of their neighbours (donut)"),
+        Option("replacement_std", 0.2, low=0, help="std of the gaussian replacement (normalised units)"),
+        BLIND_RADIUS,
+    )
 
     def _replace(self, batch, mask, gen):
         if self.options["replacement"] == "gaussian":

@@ -32,18 +32,32 @@ from ..steps import drain
 from .base import Method
 from .blind_radius import grid_spacing
 from .masking import donut_mean, grid_mask, hide_blind_spots, phase_grid_mask
+from .options import BLIND_RADIUS, Citation, Option
 
 
 class NoiseModelNet(Method):
     name = "nnet"
     title = "N-net (joint denoising and noise estimation)"
-    paper = ("Ollion, Ollion, Gassiat, Lehéricy & Le Corff, Joint self-supervised blind denoising and "
-             "noise estimation, arXiv:2102.08023 (2021)")
+    summary = "N-net: denoising + a learned noise model (Ollion et al. 2021)"
+    citation = Citation("Ollion J., Ollion C., Gassiat E., Lehéricy L. & Le Corff S. Joint self-supervised blind "
+                        "denoising and noise estimation. arXiv:2102.08023, 2021.", "10.48550/arXiv.2102.08023")
     outputs = ("denoised", "noise_std")
     finishing = "calibrating the noise model"
     finishing_steps = 60  # measured: 256^2 Gaussian noise, CPU, 64^2 patches, batch 16 (bootstrap ~12, refit ~48)
-    defaults = {"mixture": 1, "grid_min": 3, "grid_max": 5, "noise_features": 32, "noise_lr": 10.0,
-                "structure": False, "calibrate": True, "blind_radius": 0, "posterior": False}
+    option_specs = (
+        Option("mixture", 1, low=1, high=3, label="noise mixture K",
+               help="N-net: Gaussians in the noise model (2-3 for skewed real noise)"),
+        Option("grid_min", 3, low=2, help="smallest spacing of the random grid of masked pixels"),
+        Option("grid_max", 5, low=2, help="largest spacing of the random grid of masked pixels"),
+        Option("noise_features", 32, low=1, help="channels of the noise head"),
+        Option("noise_lr", 10.0, low=0, low_open=True, help="learning rate of the noise head, times the D-net's"),
+        Option("structure", False, help="add a learned term for the blind-spot error to the noise model "
+                                        "(training only)"),
+        Option("calibrate", True, help="calibrate the noise model when training ends (false: keep the "
+                                       "jointly trained one)"),
+        BLIND_RADIUS,
+        Option("posterior", False, help="predict the posterior mean of the signal under the noise model"),
+    )
     # posterior: off by default until it measures better than the plain prediction (issue 15: +0.03 dB on
     # synthetic Poisson-Gaussian noise at 128^2, -0.04 dB at 64^2; short runs, BENCHMARKS.md pending)
     # Model files from before ``posterior`` existed predicted with the network alone: they keep doing so.
@@ -51,12 +65,8 @@ class NoiseModelNet(Method):
 
     def __init__(self, options=None):
         super().__init__(options)
-        if int(self.options["mixture"]) not in (1, 2, 3):
-            raise SelfDenoiseError("nnet option mixture (K) must be 1, 2 or 3")
-        if not 2 <= int(self.options["grid_min"]) <= int(self.options["grid_max"]):
+        if not int(self.options["grid_min"]) <= int(self.options["grid_max"]):
             raise SelfDenoiseError("nnet options need 2 <= grid_min <= grid_max")
-        if not float(self.options["noise_lr"]) > 0:
-            raise SelfDenoiseError("nnet option noise_lr (learning-rate factor of the noise head) must be > 0")
         if not self.options["calibrate"]:
             self.finishing = None
 

@@ -46,6 +46,7 @@ from ..data.normalize import Normalization
 from ..data.patches import split_regions
 from ..errors import SelfDenoiseError
 from ..methods.blind_radius import check_blind_radius, grid_spacing, shared_noise_hint
+from ..methods.options import BLIND_RADIUS, MethodChoice
 
 AUTO = "auto"
 CLASSIC = "classic"
@@ -67,6 +68,10 @@ MIN_RUNG_STEPS = 50
 # Options of the auto method itself; every other option goes to each candidate that has it, and an option
 # named after a candidate, with a mapping as its value, gives that candidate's own options.
 AUTO_OPTIONS = ("candidates",)
+# The method picker's entry; of the options, the widget shows the one every candidate shares.
+CHOICE = MethodChoice(AUTO, f"Auto (recommended): a classical filter first, then {', '.join(DEFAULT_CANDIDATES[:-1])} "
+                            f"and {DEFAULT_CANDIDATES[-1]} raced on one self-supervised score within the budget; "
+                            "the best is kept", (BLIND_RADIUS,))
 
 
 # --------------------------------------------------------------------------- records
