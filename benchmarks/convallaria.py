@@ -2,8 +2,9 @@
 
 There is no ground truth for this single frame (PROVENANCE.md), so the figure checks N-net's predicted noise
 std against two estimates made without it: the std of (noisy - denoised) per signal level (an upper bound: it
-holds the denoiser's own error too), and the robust std of differences between horizontal neighbours in flat
-places (exact for noise independent between pixels on a locally flat signal; it knows nothing of N-net).
+holds the denoiser's own error too), and the noise of the same camera measured on the defocused calibration
+frame that PN2V made for this (a smooth image: each pixel minus the mean of its 8 neighbours, robust std,
+binned by the local mean; the same EM gain, so the same noise for the same signal; it knows nothing of N-net).
 A Poisson-Gaussian line, variance = gain * signal + offset, is fitted to N-net's prediction: how noisy the
 microscope is, as a function of signal.
 
@@ -27,25 +28,25 @@ from napari_selfdenoise import Denoiser
 from napari_selfdenoise.core.noise import noise_curve
 
 FRAME = "Convallaria_PN2V_frames/Convallaria_frame0000_noisy_uint16.tif"
+DEFOCUSED = "Convallaria_PN2V_frames/Convallaria_FD_defocused_frame0000_uint16.tif"
 CREDIT = "Convallaria majalis, spinning-disk confocal (Krull et al. 2020, PN2V; CC-BY-4.0)"
 
 
-def neighbour_noise(image: np.ndarray, edges: np.ndarray) -> list[float]:
-    """Per signal bin: the robust std of horizontal neighbour differences / sqrt(2), in flat places
-    (where the 5x5 local means of the two neighbours differ least: the lower half of the gradient)."""
-    x = image.astype(np.float64)
-    diff = (x[:, 1:] - x[:, :-1]) / np.sqrt(2)
-    local = ndi.uniform_filter(x, 5)[:, :-1]
-    slope = np.abs(ndi.uniform_filter(x, 5)[:, 1:] - local)
+def calibration_noise(defocused: np.ndarray, edges: np.ndarray) -> list[float]:
+    """Per signal bin (of the 7x7 local mean): the robust std of each pixel minus the mean of its 8
+    neighbours, scaled to the pixel's own noise std (that difference has variance (1 + 1/8) sigma^2)."""
+    x = defocused.astype(np.float64)
+    ring = np.full((3, 3), 1 / 8)
+    ring[1, 1] = 0
+    residual = x - ndi.convolve(x, ring, mode="reflect")
+    local = ndi.uniform_filter(x, 7)
     out = []
     for low, high in itertools.pairwise(edges):
-        sel = (local >= low) & (local < high)
-        if sel.sum() < 200:
+        r = residual[(local >= low) & (local < high)]
+        if r.size < 200:
             out.append(float("nan"))
             continue
-        flat = sel & (slope <= np.median(slope[sel]))
-        d = diff[flat]
-        out.append(float(1.4826 * np.median(np.abs(d - np.median(d)))))
+        out.append(float(1.4826 * np.median(np.abs(r - np.median(r))) / np.sqrt(1 + 1 / 8)))
     return out
 
 
@@ -64,21 +65,29 @@ def main() -> None:
     denoised, std = out["denoised"], out["noise_std"]
     curve = noise_curve(noisy, denoised, std, bins=12, percentiles=(1, 99))
     edges = np.linspace(*np.percentile(denoised, (1, 99)), 13)
-    neighbours = neighbour_noise(noisy, edges)
+    reference = calibration_noise(tifffile.imread(args.data / DEFOCUSED), edges)
     signal, predicted = np.array(curve.signal), np.array(curve.predicted_std)
     gain, offset = np.polyfit(signal, predicted**2, 1)
     results = {
         "machine": machine(), "frame": FRAME, "train_seconds": round(trained, 1), "steps": model.state.step,
         "signal": curve.signal, "nnet_predicted_std": curve.predicted_std, "residual_std": curve.std,
-        "neighbour_std": neighbours, "bin_edges": edges.tolist(),
+        "calibration_frame_std": reference, "bin_edges": edges.tolist(),
         "poisson_gaussian": {"gain": float(gain), "offset": float(offset)},
-        "predicted_vs_neighbour_median_ratio": float(np.nanmedian(predicted / np.array(neighbours[:len(predicted)]))),
+        # Bins the calibration frame fills (NaN elsewhere); N-net's bins are the same edges, but an empty one
+        # is left out of its curve, so the ratio is taken where both exist, on the bins' centres.
+        "predicted_vs_calibration_median_ratio": _median_ratio(curve, edges, reference),
     }
     print(f"{model.state.step} steps in {trained:.0f} s; variance = {gain:.2f} * signal + {offset:.0f}; "
-          f"predicted / neighbour estimate: {results['predicted_vs_neighbour_median_ratio']:.3f}", flush=True)
+          f"predicted / calibration frame: {results['predicted_vs_calibration_median_ratio']:.3f}", flush=True)
     save(results, args.out, quiet=True)
     if args.figure:
         figure(noisy, denoised, results, args.crop, args.figure)
+
+
+def _median_ratio(curve, edges, reference) -> float:
+    centres = (edges[:-1] + edges[1:]) / 2
+    at_signal = np.interp(curve.signal, centres, reference)
+    return float(np.nanmedian(np.array(curve.predicted_std) / at_signal))
 
 
 def figure(noisy, denoised, results, crop, path) -> None:
@@ -103,7 +112,7 @@ def figure(noisy, denoised, results, crop, path) -> None:
     ax.plot(signal, results["nnet_predicted_std"], "o-", label="N-net predicted std")
     ax.plot(grid, np.sqrt(np.clip(pg["gain"] * grid + pg["offset"], 0, None)), "k:",
             label=f"fit: var = {pg['gain']:.1f} x signal {pg['offset']:+.0f}")
-    ax.plot(centres, results["neighbour_std"], "s--", label="neighbour differences (no model)")
+    ax.plot(centres, results["calibration_frame_std"], "s--", label="defocused calibration frame (no model)")
     ax.plot(signal, results["residual_std"], ".-", alpha=0.6, label="std(noisy - denoised)")
     ax.set(xlabel="signal (grey levels)", ylabel="noise std (grey levels)",
            title=f"noise against signal ({results['steps']} steps, {results['train_seconds'] / 60:.0f} CPU min)")
