@@ -43,9 +43,9 @@ class TrainConfig:
     patch: int = setting(64, "patch size in Y and X, a multiple of 2**depth", low=1, flag="--patch")
     patch_z: int = setting(16, "patch size in Z, for 3D", low=1, flag="--patch-z")
     # The global batch: with several processes (torchrun) and ``accumulate`` it is cut into
-    # processes x accumulate equal shards, each from its own random stream (see core/distributed.py).
+    # processes x accumulate equal shards, each from its own random stream (see core/training/distributed.py).
     # None: chosen for the device when training starts (16 on the CPU; on a GPU what fits, up to 128
-    # patches of 64^2; see core/device.py), then kept here.
+    # patches of 64^2; see core/nn/device.py), then kept here.
     batch: int | None = setting(
         None, "patches per step, in all; under torchrun each of N processes trains on batch/N of them (a "
               "multiple of N x accumulate). Default: 16 on the CPU, on a GPU the largest power of two up to 128 "
