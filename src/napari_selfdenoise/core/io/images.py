@@ -6,6 +6,7 @@ for): this module is shared by the CLI and the napari plugin, so it must never i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import warnings
@@ -346,8 +347,29 @@ class _CheckedChunks:
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 -- zlib.error, blosc's RuntimeError, ValueError on a short chunk...
+            _settle_zarr_tasks()
             raise SelfDenoiseError(f"cannot read {self.path}: a chunk is damaged ({type(exc).__name__}: "
                                    f"{str(exc)[:200]}); copy or write the store again") from None
+
+
+def _settle_zarr_tasks(timeout: float = 5.0) -> None:
+    """Let zarr's other chunk reads finish after one failed. zarr decodes chunks as concurrent tasks on its
+    own event loop; the first error returns at once and leaves the rest pending, and each one still pending
+    at exit prints "Task was destroyed but it is pending!" under our one-line error."""
+    import asyncio
+
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # another zarr layout: the worst case is that noise at exit
+        return
+
+    async def settle():
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    with contextlib.suppress(Exception):  # best effort: the damaged chunk's error is what the user must see
+        sync(settle())
 
 
 def _zarr_image(p: Path, node):
