@@ -88,7 +88,7 @@ def part_a(args) -> list[dict]:
         held, clean_crops = held_pair(noisy, clean)
         variance, _ = noise_variance_from_data(held.crops)
         gt_variance = variance / frames if frames else 0.0
-        shared = shared_noise_of([noisy[None, None]], 0)
+        shared = shared_noise_of([noisy[None, None]])
         crop = classic_crop(noisy[None, None])
         calibration = calibrate(crop, "SCYX")
         norm = Normalization.fit(crop)

@@ -95,8 +95,8 @@ def _train_and_save(model, images, out, device, group, quiet: bool, start_from=N
         from ..core.training.auto import check_candidates
 
         verb += f" (the classic filter, then {', '.join(check_candidates(config.method_options))} race)"
-    options = model.method.options if model.method is not None else {"blind_radius": 0, **config.method_options}
-    if group.is_main and options.get("blind_radius") == 0:  # methods with the option, left at 0
+    # methods with the option, left at 0 (auto decides itself and says so in a note)
+    if group.is_main and model.method is not None and model.method.options.get("blind_radius") == 0:
         hint_blind_radius(images[0], "--option blind_radius=2")
     report(f"{verb} on {len(images)} image(s) ({config.axes}: {sizes}) for "
         f"{' or '.join(b for b in budget if b)} on {where}")

@@ -113,7 +113,7 @@ def test_quality_estimate_says_when_it_is_not_reliable(scene):
     estimate = quality_estimate(held.evaluate(gaussian(1.0)), 10 * variance, stderr, "data")
     assert not estimate.reliable and estimate.psnr is None and "not reliable" in estimate.text()
     shared = add_noise(clean, "shared_gaussian", sigma=SIGMA, seed=5)
-    hint = shared_noise_of([shared[None, None]], blind_radius=0)
+    hint = shared_noise_of([shared[None, None]])
     assert hint is not None
     estimate = quality_estimate(held_out(shared).evaluate(gaussian(1.0)), variance, stderr, "data", hint)
     assert not estimate.reliable and "shared" in estimate.reason
@@ -197,3 +197,22 @@ def test_stop_ends_the_race_with_the_best_so_far(scene):
     assert event.done and event.stopped and model.auto is not None
     assert model.state.step < 400 and model.config.method in ("n2s", "n2same")
     assert auto.AutoResult.from_dict(model.auto.to_dict()).winner == model.auto.winner
+
+
+def test_auto_hides_a_blind_radius_when_the_noise_is_shared(scene):
+    """Blind radius 0 (the default) lets auto decide: on noise shared by neighbouring pixels the classical
+    filter, every candidate and the score hide a radius-2 square, and a note says so; independent noise
+    keeps radius 0. One candidate (no rung to race at) trains the whole budget."""
+    clean, noisy = scene
+    shared = add_noise(clean, "shared_gaussian", sigma=SIGMA, seed=5).astype(np.float32)
+    radii = {}
+    for name, image in (("shared", shared), ("independent", noisy)):
+        model = Denoiser("auto", "YX", steps=60, patch=32, batch=4, features=8, curve_every=0,
+                         method_options={"candidates": ["n2s"]})
+        events = list(model.train(image))
+        notes = events[-1].extra["notes"]
+        assert model.state.step == 60
+        radii[name] = (model.config.method_options.get("blind_radius", 0), model.auto.classic["blind_radius"],
+                       any("blind radius of 2" in n for n in notes))
+        assert not model.auto.estimate.reliable or name == "independent"
+    assert radii == {"shared": (2, 2, True), "independent": (0, 0, False)}

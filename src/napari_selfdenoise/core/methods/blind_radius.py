@@ -73,12 +73,19 @@ def representative_planes(image, axes: str, channels: int = 4):
         yield np.asarray(image[tuple(index.get(a, 0) for a in axes)])
 
 
+def shared_noise_ratio(image, axes: str) -> float | None:
+    """The smallest neighbour-difference ratio of the image's representative planes, when it is below
+    ``SHARED_NOISE_RATIO`` (the noise looks shared by neighbouring pixels); else None."""
+    ratios = [r for r in (neighbour_difference_ratio(p) for p in representative_planes(image, axes)) if r is not None]
+    return min(ratios) if ratios and min(ratios) < SHARED_NOISE_RATIO else None
+
+
 def shared_noise_hint(image, axes: str) -> str | None:
     """A sentence suggesting ``blind_radius`` when the noise looks shared by neighbouring pixels, else None
     (front ends add where the option is set)."""
-    ratios = [r for r in (neighbour_difference_ratio(p) for p in representative_planes(image, axes)) if r is not None]
-    if not ratios or min(ratios) >= SHARED_NOISE_RATIO:
+    ratio = shared_noise_ratio(image, axes)
+    if ratio is None:
         return None
-    return (f"the noise looks shared by neighbouring pixels (neighbour-difference ratio {min(ratios):.2f}; "
+    return (f"the noise looks shared by neighbouring pixels (neighbour-difference ratio {ratio:.2f}; "
             f"independent noise gives about 0.85-1): the self-supervised loss would take it for signal and "
             f"keep it. Try a blind radius of 2")

@@ -26,7 +26,12 @@ block bootstrap of the score minus the variance estimate (jointly, on the same p
 cancel); with N-net's variance, the score's and the variance's standard errors combined, its disagreement
 with the data's estimate counted as an error of it. The estimate is
 "not reliable" when the error is not positive within two standard errors, or when the noise looks shared by
-neighbouring pixels (the loss would then miss it).
+neighbouring pixels (its variance cannot then be measured from the image).
+
+Shared noise. Blind radius 0 (the default) lets auto decide: when the noise looks shared by neighbouring
+pixels (``shared_noise_ratio``), the classical filter, every candidate and the score hide squares of radius
+``SHARED_NOISE_RADIUS`` around each masked pixel (with 0 the loss takes shared noise for signal), and a
+note says so.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from ..config import TrainConfig
 from ..data.normalize import Normalization
 from ..data.patches import split_regions
 from ..errors import SelfDenoiseError
-from ..methods.blind_radius import check_blind_radius, grid_spacing, shared_noise_hint
+from ..methods.blind_radius import check_blind_radius, grid_spacing, shared_noise_hint, shared_noise_ratio
 from ..methods.options import BLIND_RADIUS, MethodChoice
 
 AUTO = "auto"
@@ -64,6 +69,11 @@ INTERVAL_Z = 2.0  # the stated PSNR interval: the estimated error +- this many s
 # Networks score far worse than no denoising at all for their first few dozen steps: no rung before this
 # many steps (or half the budget, when that is less).
 MIN_RUNG_STEPS = 50
+
+# Blind radius 0 (the default) lets auto decide: this radius when the noise looks shared by neighbouring
+# pixels. With 0 the loss takes shared noise for signal: on FMD's wide-field image (neighbour correlation
+# 0.6) auto ended 0.8 dB BELOW its input, where radius 2 gains 7-8 dB (BENCHMARKS.md, B2).
+SHARED_NOISE_RADIUS = 2
 
 # Options of the auto method itself; every other option goes to each candidate that has it, and an option
 # named after a candidate, with a mapping as its value, gives that candidate's own options.
@@ -501,7 +511,8 @@ def quality_estimate(evaluation: Evaluation, noise_variance: float, noise_stderr
     common = {"mse": mse, "mse_stderr": stderr, "peak": peak, "noise_variance": noise_variance,
               "noise_variance_stderr": noise_stderr, "noise_source": source, "score": score}
     if shared_noise:
-        return QualityEstimate(False, "the noise looks shared by neighbouring pixels: the loss misses it",
+        return QualityEstimate(False, "the noise looks shared by neighbouring pixels: its variance, which the "
+                                      "estimate subtracts, cannot be measured from the image",
                                **common)
     if not mse > RELIABLE_Z * stderr:
         return QualityEstimate(False, "the loss minus the noise variance is not above zero within its "
@@ -511,10 +522,10 @@ def quality_estimate(evaluation: Evaluation, noise_variance: float, noise_stderr
                            psnr_high=psnr(mse - INTERVAL_Z * stderr), **common)
 
 
-def shared_noise_of(sources, blind_radius: int) -> str | None:
-    """The shared-noise hint on the first input (None once a blind radius is set)."""
-    if blind_radius:
-        return None
+def shared_noise_of(sources) -> str | None:
+    """The shared-noise hint on the first input. A blind radius makes the score right again on such
+    noise, but not the noise variance that the estimate subtracts (patch PCA assumes white noise: 0.11 of
+    the truth on FMD's wide-field image), so the hint stands with any radius."""
     source = sources[0]
     axes = "SCYX" if source.ndim == 4 else "SCZYX"
     return shared_noise_hint(source, axes)
@@ -544,7 +555,7 @@ class Race:
             candidate_config = TrainConfig.from_dict({**config.to_dict(), "method": name,
                                                       "method_options": per[name]})
             self.candidates[name] = new_candidate(config=candidate_config)  # checks each one's options
-        self.arrays = arrays
+        self.arrays, self.new_candidate = arrays, new_candidate
         self.current = None  # the candidate training now (previews use it)
         self.winner = None
         self._stop = False
@@ -598,6 +609,7 @@ class Race:
         config = self.config
         self._spent, self._since, self.notes = 0.0, time.perf_counter(), []
         sources = [layout.to_canonical(a) for layout, a in self.arrays_layouts()]
+        self._choose_blind_radius(sources)
         # the same held-out pixels for all: the Trainer's validation split, on the networks' size grid
         held = HeldOut.from_sources(sources, config, self._multiple(sources), self.blind_radius)
 
@@ -643,21 +655,20 @@ class Race:
             previous = fraction
         # 3. the best survivor (stopped: the best scored so far) gets the rest of the budget
         scored = [n for n in alive if n in evaluations]
-        if not scored:  # stopped before any network was scored: score the one that trained
-            name = next((n for n in self.names if self.candidates[n].network is not None), self.names[0])
-            if self.candidates[name].network is None:
-                raise SelfDenoiseError("training was stopped before any network was built")
-            evaluations[name] = held.evaluate(network_predictor(self.candidates[name]))
-            self._score(name, evaluations[name])
-            scored = [name]
-        winner_name = min(scored, key=lambda n: evaluations[n].score)
+        if len(self.names) == 1:  # one candidate: no rung, it trains the whole budget
+            winner_name = self.names[0]
+        elif scored:
+            winner_name = min(scored, key=lambda n: evaluations[n].score)
+        else:  # stopped before any network was scored: the one that trained
+            winner_name = next((n for n in self.names if self.candidates[n].network is not None), self.names[0])
         winner = self.candidates[winner_name]
         winner.method = get_method(winner_name, winner.config.method_options)
-        if not self._stop and previous < 1.0:
-            if self._set_slice(winner, previous, 1.0, step_unit, time_unit, config.time_limit):
-                done_steps += yield from self._events(winner_name, done_steps, plan_steps)
-            evaluations[winner_name] = held.evaluate(network_predictor(winner))
-            self._score(winner_name, evaluations[winner_name])
+        if not self._stop and self._set_slice(winner, previous, 1.0, step_unit, time_unit, config.time_limit):
+            done_steps += yield from self._events(winner_name, done_steps, plan_steps)
+        if winner.network is None:
+            raise SelfDenoiseError("training was stopped before any network was built")
+        evaluations[winner_name] = held.evaluate(network_predictor(winner))  # as it ends (stopped: as it is)
+        self._score(winner_name, evaluations[winner_name])
         self.winner = winner
         best = CLASSIC if evaluations[CLASSIC].score < evaluations[winner_name].score else winner_name
         for name, row in self.rows.items():
@@ -684,6 +695,24 @@ class Race:
 
         layouts = check_same_axes_shape(self.arrays, self.config.axes)
         return list(zip(layouts, self.arrays))
+
+    def _choose_blind_radius(self, sources) -> None:
+        """Blind radius 0 means "decide from the data": when the noise looks shared by neighbouring pixels,
+        the classical filter, every candidate and the score hide squares of ``SHARED_NOISE_RADIUS``."""
+        if self.blind_radius:
+            return
+        source = sources[0]
+        ratio = shared_noise_ratio(source, "SCYX" if source.ndim == 4 else "SCZYX")
+        if ratio is None:
+            return
+        self.blind_radius = SHARED_NOISE_RADIUS
+        for name, candidate in self.candidates.items():
+            options = {**candidate.config.method_options, "blind_radius": SHARED_NOISE_RADIUS}
+            self.candidates[name] = self.new_candidate(
+                config=TrainConfig.from_dict({**candidate.config.to_dict(), "method_options": options}))
+        self.notes.append(f"the noise looks shared by neighbouring pixels (neighbour-difference ratio {ratio:.2f}; "
+                          f"independent noise gives about 0.85-1): every method hid a blind radius of "
+                          f"{SHARED_NOISE_RADIUS} around each masked pixel (set blind_radius to choose it yourself)")
 
     def _multiple(self, sources) -> tuple[int, ...]:
         """What the candidates' networks need each crop edge to be a multiple of ([Z,] Y, X)."""
@@ -731,7 +760,7 @@ class Race:
 
     def _estimate(self, best, evaluation, held, sources) -> QualityEstimate:
         """The winner's quality estimate; the noise variance from N-net's calibrated model when it won."""
-        shared = shared_noise_of(sources, self.blind_radius)
+        shared = shared_noise_of(sources)
         variance, stderr, mse_stderr = noise_variance_from_data(held.crops, errors=evaluation.errors)
         if best == "nnet" and self.winner.method.finishing and self.rows["nnet"].steps > 0:
             learned, learned_stderr = noise_variance_from_nnet(self.winner, held.crops)
