@@ -302,7 +302,9 @@ def test_a_layer_with_noise_shared_by_neighbours_gets_the_blind_radius_note(view
     widget.image_picker.setCurrentText("resampled")
     assert not widget.noise_note.isHidden()
     assert "shared by neighbouring pixels" in widget.noise_note.text()
-    assert "blind radius 2" in widget.noise_note.text()
+    assert "Try blind radius 2" in widget.noise_note.text()
+    choose(widget, "auto")  # auto decides itself, and says so
+    assert "auto will use blind radius 2" in widget.noise_note.text()
     assert "neighbour-difference ratio" in widget.noise_note.toolTip()  # the why, on hover
     widget.blind_radius.setValue(2)  # set: the note goes
     assert widget.noise_note.isHidden()

@@ -202,12 +202,14 @@ class TrainForm:
             self._update_noise_note()
 
     def _update_noise_note(self, *_) -> None:
-        """Suggest the blind radius while it is 0 and the layer's noise looks shared by neighbouring pixels."""
+        """Suggest the blind radius while it is 0 and the layer's noise looks shared by neighbouring pixels
+        (auto: say that it uses one itself)."""
         hint = None
         if self.axes_fit and self.option_controls["blind_radius"].value() == 0:
             hint = shared_noise_hint(self.image_picker.layer().data, self.axes_edit.text().strip().upper())
-        self.noise_note.setText("Noise shared by neighbouring pixels? Try blind radius 2 (Advanced options)."
-                                if hint else "")
+        advice = ("auto will use blind radius 2 (Advanced options: set one to choose)." if self.method == AUTO
+                  else "Try blind radius 2 (Advanced options).")
+        self.noise_note.setText(f"Noise shared by neighbouring pixels? {advice}" if hint else "")
         self.noise_note.setToolTip(f"{hint[0].upper()}{hint[1:]}." if hint else "")
         self.noise_note.setVisible(bool(hint))
 

@@ -59,6 +59,7 @@ class TrainWidget(TrainForm, TrainRun, QWidget):
         self.axes_edit.textChanged.connect(self._update_noise_note)  # after _validate_axes: uses axes_fit
         self.method_picker.currentIndexChanged.connect(self._method_changed)
         self.option_controls["blind_radius"].valueChanged.connect(self._update_noise_note)
+        self.method_picker.currentIndexChanged.connect(self._update_noise_note)  # auto's own note
         self.viewer.layers.events.removed.connect(self._layer_removed)
         self._layer_changed()
         self._method_changed()
