@@ -27,14 +27,8 @@ from napari_selfdenoise.core.config import TrainConfig
 from napari_selfdenoise.core.data.normalize import Normalization
 from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.methods.classic import CalibrationResult, calibrate
-from napari_selfdenoise.core.training.auto import (
-    HeldOut,
-    classic_crop,
-    classic_predictor,
-    noise_variance_from_data,
-    quality_estimate,
-    shared_noise_of,
-)
+from napari_selfdenoise.core.training.quality import noise_variance_from_data, quality_estimate, shared_noise_of
+from napari_selfdenoise.core.training.scoring import HeldOut, classic_crop, classic_predictor
 
 
 def images(args):

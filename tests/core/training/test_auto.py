@@ -1,122 +1,29 @@
-"""Method "auto": the shared self-supervised score, the race, the record in the model file, the quality estimate."""
+"""Method "auto": the race, its plan and options, the record in the model file (the score: test_scoring.py,
+the quality estimate: test_quality.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
+from scored_scene import SIGMA
 
 from napari_selfdenoise.core import jobs
 from napari_selfdenoise.core.config import TrainConfig
-from napari_selfdenoise.core.data.normalize import Normalization
-from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
+from napari_selfdenoise.core.data.synthetic import add_noise
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import SelfDenoiseError
 from napari_selfdenoise.core.methods import METHODS
-from napari_selfdenoise.core.methods.classic import CalibrationResult
 from napari_selfdenoise.core.methods.masking import masked_mse
 from napari_selfdenoise.core.methods.n2s import Noise2Self
 from napari_selfdenoise.core.training import auto
-from napari_selfdenoise.core.training.auto import (
-    CLASSIC,
-    Evaluation,
-    HeldOut,
-    classic_predictor,
-    clearly_worse,
-    noise_variance_from_data,
-    quality_estimate,
-    rung_fractions,
-    rung_steps,
-    shared_noise_of,
-    split_options,
-)
+from napari_selfdenoise.core.training.auto import CLASSIC, rung_fractions, rung_steps, split_options
 from napari_selfdenoise.core.training.trainer import ProgressEvent
-
-SIGMA = 0.1
-
-
-@pytest.fixture(scope="module")
-def scene():
-    clean = fluorescence_image((192, 192), seed=3)
-    return clean, add_noise(clean, "gaussian", sigma=SIGMA, seed=4)
-
-
-def held_out(image) -> HeldOut:
-    return HeldOut([np.ascontiguousarray(image[None, None], dtype=np.float32)])
-
-
-def gaussian(sigma: float):
-    return classic_predictor(CalibrationResult("gaussian", "sigma", sigma), Normalization("percentile", [0.0], [1.0]))
-
-
-def true_mse(evaluation: Evaluation, clean) -> float:
-    """The true error of the J-invariant predictions that were scored."""
-    return float(np.mean((evaluation.predictions[0][0] - clean) ** 2))
 
 
 def test_default_method_is_auto():
     assert TrainConfig().method == "auto" and Denoiser().config.method == "auto"
     assert Denoiser().method is None  # a method only once the race has chosen it
-
-
-def test_score_ranks_like_the_true_error_and_is_it_plus_the_noise_variance(scene):
-    clean, noisy = scene
-    held = held_out(noisy)
-    evaluations = [held.evaluate(gaussian(s)) for s in (0.5, 1.0, 2.0, 4.0)]
-    scores = [e.score for e in evaluations]
-    truths = [true_mse(e, clean) for e in evaluations]
-    assert np.argsort(scores).tolist() == np.argsort(truths).tolist()
-    # Noise2Self: score = true error + noise variance (up to sampling noise, a few standard errors)
-    for evaluation, truth in zip(evaluations, truths):
-        assert abs(evaluation.score - SIGMA**2 - truth) < 4 * evaluation.stderr + 2e-4
-    # the over-smoothing filter is clearly worse than the best, the best is not clearly worse than itself
-    best = evaluations[int(np.argmin(scores))]
-    assert clearly_worse(evaluations[3], best) and not clearly_worse(best, best)
-
-
-def test_every_pixel_is_scored_once_and_only_from_its_neighbours(scene):
-    _, noisy = scene
-    held = held_out(noisy)
-    leaks = []
-
-    def identity(hidden):  # the "denoiser" that returns its input: J-invariant only through the hiding
-        leaks.append(hidden)
-        return hidden
-
-    evaluation = held.evaluate(identity)
-    assert np.isfinite(evaluation.errors[0]).all()  # all phases together cover every pixel
-    # it scored the neighbour mean, not the pixel itself (which would give a score of 0)
-    assert evaluation.score > 0.5 * SIGMA**2
-
-
-def test_quality_estimate_within_its_stated_uncertainty(scene):
-    clean, noisy = scene
-    held = held_out(noisy)
-    evaluation = held.evaluate(gaussian(1.0))
-    variance, stderr, mse_stderr = noise_variance_from_data(held.crops, errors=evaluation.errors)
-    assert abs(variance - SIGMA**2) < 0.05 * SIGMA**2
-    estimate = quality_estimate(evaluation, variance, stderr, "data", mse_stderr=mse_stderr)
-    assert estimate.reliable, estimate.reason
-    truth = 10 * math.log10(estimate.peak**2 / true_mse(evaluation, clean))
-    assert estimate.psnr_low <= truth <= estimate.psnr_high, (estimate, truth)
-    assert "PSNR" in estimate.text()
-
-
-def test_quality_estimate_says_when_it_is_not_reliable(scene):
-    clean, noisy = scene
-    held = held_out(noisy)
-    variance, stderr = noise_variance_from_data(held.crops)
-    # a predictor as bad as the noise itself: the loss minus the variance is the error, but a variance
-    # said to be far larger leaves nothing: not reliable, and no number
-    estimate = quality_estimate(held.evaluate(gaussian(1.0)), 10 * variance, stderr, "data")
-    assert not estimate.reliable and estimate.psnr is None and "not reliable" in estimate.text()
-    shared = add_noise(clean, "shared_gaussian", sigma=SIGMA, seed=5)
-    hint = shared_noise_of([shared[None, None]])
-    assert hint is not None
-    estimate = quality_estimate(held_out(shared).evaluate(gaussian(1.0)), variance, stderr, "data", hint)
-    assert not estimate.reliable and "shared" in estimate.reason
 
 
 def test_rungs_and_options():

@@ -1,32 +1,15 @@
 """The ``auto`` method: race the candidates on one self-supervised score, keep the best, estimate its quality.
 
-Score (Batson & Royer, Noise2Self, ICML 2019). For any J-invariant predictor f (the prediction of a pixel
-never looks at that pixel's noise) and noise independent between pixels,
-``E mean((f(x) - x)^2) = E mean((f(x) - s)^2) + mean noise variance``: the masked-pixel loss is the true
-error plus a constant, so it ranks predictors as the true error does, with no clean image. Every candidate
-(the calibrated classical filter too) is scored on the SAME held-out pixels (``HeldOut``: crops of the
-validation regions that no network trained on): for each phase of a 4-periodic grid the phase's pixels are
-hidden (replaced by the mean of their neighbours, or the ``blind_radius`` squares by the mean of the visible
-pixels around them, as in training), the candidate predicts, and its prediction at the hidden pixels is
-compared with the noisy values. The score is therefore the one of each candidate's J-invariant predictor,
-also for methods whose full-image inference sees the pixel (n2s, n2same; N-net's plain network output is
-used, not a posterior that would look at the pixel). Units: squared image units.
+Every candidate, the calibrated classical filter too, is scored on the same held-out pixels (``scoring``:
+the J-invariant masked-pixel loss, the true error plus the noise variance); the winner's quality is
+estimated without ground truth (``quality``: its score minus the noise variance).
 
 Racing (successive halving). In "budget units" (one unit = the user's step budget, or the share of the
 time limit left after the classic filter that fits the plan): every candidate trains to the first rung
 (1/8 of a unit with 3-4 candidates), is scored, the clearly worse ones (paired difference more than
-``CLEARLY_WORSE_Z`` standard errors) and the worst half are dropped; the survivors go on to the next rung
-(1/4), and the last one left gets the rest of the unit. With a step budget the winner trains exactly the
+``scoring.CLEARLY_WORSE_Z`` standard errors) and the worst half are dropped; the survivors go on to the next
+rung (1/4), and the last one left gets the rest of the unit. With a step budget the winner trains exactly the
 budget (three candidates cost 1.375 budgets in all); with a time limit the whole race fits in it.
-
-Quality estimate: the winner's score minus the mean noise variance estimates its mean squared error
-(Noise2Self), hence a PSNR. Noise variance: N-net's calibrated noise model when N-net won, else a robust
-estimate from the data (``noise_variance_from_data``: PCA of small patches, Chen et al. 2015). Uncertainty: a
-block bootstrap of the score minus the variance estimate (jointly, on the same pixels: their errors partly
-cancel); with N-net's variance, the score's and the variance's standard errors combined, its disagreement
-with the data's estimate counted as an error of it. The estimate is
-"not reliable" when the error is not positive within two standard errors, or when the noise looks shared by
-neighbouring pixels (its variance cannot then be measured from the image).
 
 Shared noise. Blind radius 0 (the default) lets auto decide: when the noise looks shared by neighbouring
 pixels (``shared_noise_ratio``), the classical filter, every candidate and the score hide squares of radius
@@ -43,28 +26,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
-
 from ..config import TrainConfig
 from ..data.normalize import Normalization
-from ..data.patches import split_regions
 from ..errors import SelfDenoiseError
-from ..methods.blind_radius import check_blind_radius, grid_spacing, shared_noise_hint, shared_noise_ratio
+from ..methods.blind_radius import check_blind_radius, shared_noise_ratio
 from ..methods.options import BLIND_RADIUS, MethodChoice
+from .quality import (
+    QualityEstimate,
+    noise_variance_from_data,
+    noise_variance_from_nnet,
+    quality_estimate,
+    shared_noise_of,
+)
+from .scoring import Evaluation, HeldOut, classic_crop, classic_predictor, clearly_worse, network_predictor
 
 AUTO = "auto"
 CLASSIC = "classic"
 DEFAULT_CANDIDATES = ("n2s", "nnet", "n2same")
-SCORE_GRID = 4  # the grid of J for the score (widened for blind_radius)
-SCORE_PHASES_3D = 16  # of the 64 phases of a 3D grid (a fixed subset, as in classic.py)
-CROP_EDGE = {2: (256, 256), 3: (16, 128, 128)}  # at most this per held-out crop
-MAX_CROPS = 4
-BLOCK = {2: (16, 16), 3: (4, 16, 16)}  # bootstrap blocks (errors of neighbouring pixels are correlated)
-CLEARLY_WORSE_Z = 3.0
-BOOTSTRAP = 200
-RELIABLE_Z = 2.0  # the estimated error must be above zero by this many standard errors
-INTERVAL_Z = 2.0  # the stated PSNR interval: the estimated error +- this many standard errors
 
 # Networks score far worse than no denoising at all for their first few dozen steps: no rung before this
 # many steps (or half the budget, when that is less).
@@ -105,43 +83,6 @@ class CandidateScore:
     def from_dict(cls, data: dict) -> CandidateScore:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
-class QualityEstimate:
-    """The winner's estimated error without ground truth (see the module's text)."""
-
-    reliable: bool
-    reason: str | None = None  # why it is not reliable
-    mse: float | None = None  # estimated mean squared error, squared image units
-    mse_stderr: float | None = None
-    psnr: float | None = None  # dB, with ``peak``
-    psnr_low: float | None = None  # the PSNR at mse + 2 stderr (about a 95 % interval)
-    psnr_high: float | None = None  # at mse - 2 stderr (inf when that is <= 0)
-    peak: float | None = None  # the range (max - min) of the winner's prediction on the held-out pixels
-    noise_variance: float | None = None
-    noise_variance_stderr: float | None = None
-    noise_source: str | None = None  # "nnet" (its calibrated noise model) or "data"
-    score: float | None = None
-
-    def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> QualityEstimate:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def text(self) -> str:
-        if not self.reliable:
-            return f"not reliable ({self.reason})"
-        plus = (self.psnr_high - self.psnr) if self.psnr_high is not None else float("inf")
-        minus = self.psnr - self.psnr_low
-        spread = f"±{max(plus, minus):.1f}" if math.isfinite(plus) else f"-{minus:.1f}/+inf"
-        return (f"PSNR {self.psnr:.1f} {spread} dB (peak {self.peak:.4g}, the result's range), RMSE "
-                f"{math.sqrt(self.mse):.4g}; noise std {math.sqrt(self.noise_variance):.4g} "
-                f"(from {'N-net' if self.noise_source == 'nnet' else 'the data'})")
 
 
 @dataclass
@@ -253,282 +194,6 @@ def planned_steps(count: int, budget: int) -> int:
         total += alive * (target - previous)
         alive, previous = math.ceil(alive / 2), target
     return total + budget - previous
-
-
-# --------------------------------------------------------------------------- the held-out pixels
-
-
-class HeldOut:
-    """Crops (raw units, canonical (1, C, [Z,] Y, X)) of the validation regions, and the J-invariant
-    scoring of any predictor on them."""
-
-    def __init__(self, crops: list[np.ndarray], blind_radius: int = 0):
-        if not crops:
-            raise SelfDenoiseError("no held-out pixels to score the candidates on")
-        self.crops = crops
-        self.blind_radius = check_blind_radius(blind_radius)
-        self.spacing = grid_spacing(SCORE_GRID, self.blind_radius)
-        dims = crops[0].ndim - 2
-        phases = [tuple(p) for p in np.ndindex(*(self.spacing,) * dims)]
-        if dims == 3 and len(phases) > SCORE_PHASES_3D:
-            picks = np.random.default_rng(0).choice(len(phases), SCORE_PHASES_3D, replace=False)
-            phases = [phases[i] for i in sorted(picks)]
-        self.phases = phases
-
-    @classmethod
-    def from_sources(cls, sources, config: TrainConfig, multiple: tuple[int, ...], blind_radius: int = 0):
-        """Crops of the validation regions the Trainer holds out with ``config`` (the same split), each a
-        multiple of ``multiple`` ([Z,] Y, X) in size; the whole data when nothing is held out."""
-        dims = sources[0].ndim - 2
-        patch_shape = (config.patch,) * 2
-        if dims == 3:
-            planes = min(s.shape[2] for s in sources)
-            patch_shape = (max(multiple[0], min(config.patch_z, planes) // multiple[0] * multiple[0]), *patch_shape)
-        _, val, _ = split_regions(sources, patch_shape, config.val_fraction)
-        boxes = [(r.source, sample, r.bounds) for r in val for sample in r.samples]
-        picks = np.unique(np.linspace(0, len(boxes) - 1, min(MAX_CROPS, len(boxes))).round().astype(int))
-        crops = []
-        for source, sample, bounds in (boxes[i] for i in picks):
-            window = []
-            for (start, stop), edge, m in zip(bounds, CROP_EDGE[dims], multiple):
-                size = max(m, min(stop - start, edge) // m * m)
-                size = min(size, stop - start)
-                offset = start + (stop - start - size) // 2
-                window.append(slice(offset, offset + size))
-            crop = np.asarray(sources[source][(slice(sample, sample + 1), slice(None), *window)], np.float32)
-            crops.append(np.ascontiguousarray(crop))
-        return cls(crops, blind_radius)
-
-    def masks(self, crop: torch.Tensor):
-        from ..methods.masking import phase_grid_mask
-
-        for phase in self.phases:
-            yield phase_grid_mask(crop, phase, self.spacing)
-
-    def hidden(self, crop: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``crop`` with the pixels of ``mask`` hidden, as the networks are trained to see them (the hiding
-        is a mean of neighbours: it commutes with each candidate's own affine normalisation)."""
-        from ..methods.masking import hide_blind_spots, replace_with_donut_mean
-
-        return hide_blind_spots(crop, mask, self.blind_radius, replace_with_donut_mean)
-
-    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray]) -> Evaluation:
-        """Score ``predict`` (raw (P, C, ...) hidden crops -> raw denoised, same shape): per crop, the
-        squared error map of its J-invariant prediction at every scored pixel, and the prediction."""
-        errors, predictions = [], []
-        for crop in self.crops:
-            x = torch.from_numpy(crop)
-            masks = list(self.masks(x))
-            hidden = torch.cat([self.hidden(x, m) for m in masks]).numpy()
-            predicted = np.asarray(predict(hidden), np.float32)
-            prediction = np.full(crop.shape[1:], np.nan, np.float32)
-            for mask, values in zip(masks, predicted):
-                where = mask[0].numpy()
-                prediction[:, where] = values[:, where]
-            scored = ~np.isnan(prediction[0])
-            errors.append(np.where(scored, (prediction - crop[0]) ** 2, np.nan))
-            predictions.append(prediction)
-        return Evaluation(errors, predictions)
-
-
-@dataclass
-class Evaluation:
-    errors: list[np.ndarray]  # per crop (C, [Z,] Y, X): squared error, NaN where not scored
-    predictions: list[np.ndarray]
-
-    def blocks(self) -> np.ndarray:
-        """Mean squared error per bootstrap block (blocks with no scored pixel left out)."""
-        means = []
-        for error in self.errors:
-            block = BLOCK[error.ndim - 1]
-            spatial = error.shape[1:]
-            for corner in np.ndindex(*[max(1, -(-s // b)) for s, b in zip(spatial, block)]):
-                box = tuple(slice(c * b, (c + 1) * b) for c, b in zip(corner, block))
-                values = error[(slice(None), *box)]
-                if np.isfinite(values).any():
-                    means.append(float(np.nanmean(values)))
-        return np.asarray(means)
-
-    @property
-    def score(self) -> float:
-        return float(np.nanmean(np.concatenate([e.ravel() for e in self.errors])))
-
-    @property
-    def stderr(self) -> float:
-        blocks = self.blocks()
-        return float(blocks.std(ddof=1) / math.sqrt(len(blocks))) if len(blocks) > 1 else float("nan")
-
-    @property
-    def peak(self) -> float:
-        values = np.concatenate([p[np.isfinite(p)] for p in self.predictions])
-        return float(values.max() - values.min()) if values.size else float("nan")
-
-
-def clearly_worse(candidate: Evaluation, best: Evaluation, z: float = CLEARLY_WORSE_Z) -> bool:
-    """Whether ``candidate``'s score is above ``best``'s by more than ``z`` standard errors of their paired
-    (same pixels, same blocks) difference."""
-    difference = candidate.blocks() - best.blocks()
-    if len(difference) < 2:
-        return False
-    stderr = difference.std(ddof=1) / math.sqrt(len(difference))
-    return float(difference.mean()) > z * max(float(stderr), 1e-12 * abs(best.score))
-
-
-# --------------------------------------------------------------------------- predictors
-
-
-def network_predictor(denoiser) -> Callable[[np.ndarray], np.ndarray]:
-    """The raw network's denoised output (N-net: its signal, no posterior), raw units in and out."""
-
-    def predict(hidden: np.ndarray) -> np.ndarray:
-        network, normalization = denoiser.network, denoiser.normalization
-        network.eval()
-        device = next(network.parameters()).device
-        with torch.no_grad():
-            x = torch.from_numpy(normalization.apply(hidden)).to(device)
-            out = network(x)
-            signal = out[0] if isinstance(out, tuple) else out[:, : hidden.shape[1]]
-            return normalization.invert(signal.float().cpu().numpy())
-
-    return predict
-
-
-def classic_predictor(calibration, normalization: Normalization) -> Callable[[np.ndarray], np.ndarray]:
-    """The calibrated classical filter applied to each hidden crop, in its normalised units."""
-    from ..methods.classic import denoise_classic
-
-    def predict(hidden: np.ndarray) -> np.ndarray:
-        axes = "SCYX" if hidden.ndim == 4 else "SCZYX"
-        return denoise_classic(hidden, axes, calibration.denoiser, calibration.parameter, normalization)
-
-    return predict
-
-
-def classic_crop(source) -> np.ndarray:
-    """What the classical filter is calibrated on: the first sample of ``source`` (canonical), its central
-    512 x 512 (2D) or 32 x 256 x 256 (3D) pixels at most, so a huge lazy input is never read whole."""
-    spatial = source.shape[2:]
-    edges = (512, 512) if len(spatial) == 2 else (32, 256, 256)
-    window = tuple(slice((s - min(s, e)) // 2, (s - min(s, e)) // 2 + min(s, e)) for s, e in zip(spatial, edges))
-    return np.ascontiguousarray(np.asarray(source[(slice(0, 1), slice(None), *window)], np.float32))
-
-
-# --------------------------------------------------------------------------- noise variance, estimate
-
-PCA_PATCH = 5  # patch edge of the PCA noise estimate (25 dimensions)
-PCA_BLOCK = 32  # bootstrap blocks of patch positions, in pixels
-
-
-def _noise_eigenvalue_mean(scatter: np.ndarray, total: np.ndarray, count: int) -> float:
-    """Chen, Zhu & Heng (ICCV 2015): drop the largest eigenvalues of the patch covariance until the mean of
-    the rest is no more than their median; that mean is the noise variance (independent noise adds it to
-    every eigenvalue, and the signal lives in a few)."""
-    covariance = (scatter - np.outer(total, total) / count) / (count - 1)
-    eigenvalues = np.sort(np.linalg.eigvalsh(covariance))[::-1]
-    for start in range(len(eigenvalues)):
-        tail = eigenvalues[start:]
-        if tail.mean() <= np.median(tail):
-            return float(tail.mean())
-    return float(eigenvalues[-1])
-
-
-def _pca_blocks(crops: list[np.ndarray], errors: list[np.ndarray] | None = None) -> list[tuple]:
-    """Per block of ``PCA_BLOCK`` x ``PCA_BLOCK`` patch positions of each Y-X plane: the patches' scatter
-    matrix, sum and count, and (with ``errors``, the score's squared-error maps) the errors' sum and count."""
-    blocks = []
-    for k, crop in enumerate(crops):
-        planes = crop.reshape(-1, *crop.shape[-2:]).astype(np.float64)
-        error_planes = errors[k].reshape(-1, *crop.shape[-2:]) if errors is not None else [None] * len(planes)
-        for plane, error in zip(planes, error_planes):
-            windows = np.lib.stride_tricks.sliding_window_view(plane, (PCA_PATCH, PCA_PATCH))
-            for y in range(0, windows.shape[0], PCA_BLOCK):
-                for x in range(0, windows.shape[1], PCA_BLOCK):
-                    patches = windows[y : y + PCA_BLOCK, x : x + PCA_BLOCK].reshape(-1, PCA_PATCH**2)
-                    scored = (0.0, 0) if error is None else _finite_sum(error[y : y + PCA_BLOCK, x : x + PCA_BLOCK])
-                    blocks.append((patches.T @ patches, patches.sum(axis=0), len(patches), *scored))
-    return blocks
-
-
-def _finite_sum(values: np.ndarray) -> tuple[float, int]:
-    finite = values[np.isfinite(values)]
-    return float(finite.sum()), int(finite.size)
-
-
-def noise_variance_from_data(crops: list[np.ndarray], seed: int = 0, errors: list[np.ndarray] | None = None):
-    """Mean noise variance of raw (1, C, ...) crops (PCA of their 5 x 5 patches in Y-X planes, see
-    ``_noise_eigenvalue_mean``; signal-dependent noise gives its mean over the pixels) and its bootstrap
-    standard error over blocks of patch positions. Texture that looks like noise biases it up.
-
-    With ``errors`` (an ``Evaluation``'s maps on these crops) it also returns the standard error of the
-    score minus the variance, bootstrapped jointly over the same blocks: both come from the same noise,
-    so their errors partly cancel."""
-    blocks = _pca_blocks(crops, errors)
-    statistics = lambda chosen: tuple(sum(b[k] for b in chosen) for k in range(5))
-    scatter, total, count, error_sum, error_count = statistics(blocks)
-    variance = _noise_eigenvalue_mean(scatter, total, count)
-    rng = np.random.default_rng(seed)
-    variances, differences = [], []
-    for _ in range(BOOTSTRAP // 2):
-        scatter, total, count, error_sum, error_count = statistics(
-            [blocks[i] for i in rng.integers(0, len(blocks), len(blocks))])
-        variances.append(_noise_eigenvalue_mean(scatter, total, count))
-        differences.append(error_sum / max(error_count, 1) - variances[-1])
-    if errors is None:
-        return variance, float(np.std(variances, ddof=1))
-    return variance, float(np.std(variances, ddof=1)), float(np.std(differences, ddof=1))
-
-
-def noise_variance_from_nnet(denoiser, crops: list[np.ndarray]) -> tuple[float, float]:
-    """Mean noise variance that N-net's (calibrated) noise model predicts at the held-out pixels, and the
-    standard error of that mean over blocks (the model's own error is not in it)."""
-    from ..nn.networks import mixture_std
-
-    network, normalization = denoiser.network, denoiser.normalization
-    network.eval()
-    device = next(network.parameters()).device
-    values = []
-    with torch.no_grad():
-        for crop in crops:
-            _, params = network(torch.from_numpy(normalization.apply(crop)).to(device))
-            std = mixture_std(*params).float().cpu().numpy()
-            scale = np.asarray(normalization.scale, np.float32).reshape((1, -1) + (1,) * (crop.ndim - 2))
-            values.append(((std * scale) ** 2)[0])
-    blocks = Evaluation(values, []).blocks()
-    variance = float(np.mean(np.concatenate([v.ravel() for v in values])))
-    return variance, float(blocks.std(ddof=1) / math.sqrt(len(blocks))) if len(blocks) > 1 else 0.0
-
-
-def quality_estimate(evaluation: Evaluation, noise_variance: float, noise_stderr: float, source: str,
-                     shared_noise: str | None = None, mse_stderr: float | None = None) -> QualityEstimate:
-    """Noise2Self's estimate of the winner's error: its score minus the noise variance (see the module).
-    ``mse_stderr``: the difference's standard error when known (a joint bootstrap), else the score's and the
-    variance's combined as independent."""
-    score, score_stderr = evaluation.score, evaluation.stderr
-    mse = score - noise_variance
-    stderr = mse_stderr if mse_stderr is not None else \
-        math.sqrt((score_stderr if math.isfinite(score_stderr) else 0.0) ** 2 + noise_stderr**2)
-    peak = evaluation.peak
-    common = {"mse": mse, "mse_stderr": stderr, "peak": peak, "noise_variance": noise_variance,
-              "noise_variance_stderr": noise_stderr, "noise_source": source, "score": score}
-    if shared_noise:
-        return QualityEstimate(False, "the noise looks shared by neighbouring pixels: its variance, which the "
-                                      "estimate subtracts, cannot be measured from the image",
-                               **common)
-    if not mse > RELIABLE_Z * stderr:
-        return QualityEstimate(False, "the loss minus the noise variance is not above zero within its "
-                                      "uncertainty", **common)
-    psnr = lambda m: 10 * math.log10(peak**2 / m) if m > 0 else float("inf")
-    return QualityEstimate(True, None, psnr=psnr(mse), psnr_low=psnr(mse + INTERVAL_Z * stderr),
-                           psnr_high=psnr(mse - INTERVAL_Z * stderr), **common)
-
-
-def shared_noise_of(sources) -> str | None:
-    """The shared-noise hint on the first input. A blind radius makes the score right again on such
-    noise, but not the noise variance that the estimate subtracts (patch PCA assumes white noise: 0.11 of
-    the truth on FMD's wide-field image), so the hint stands with any radius."""
-    source = sources[0]
-    axes = "SCYX" if source.ndim == 4 else "SCZYX"
-    return shared_noise_hint(source, axes)
 
 
 # --------------------------------------------------------------------------- the race

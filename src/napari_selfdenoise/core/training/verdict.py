@@ -3,7 +3,7 @@
 A short budget on a busy CPU can end with a network that erases small structures (worse than a classical
 filter) or that has barely learnt anything (its output is nearly the input). The front ends must not hand
 such a result back as good, so after training they ask ``check_result``:
-- the same J-invariant masked-pixel score the ``auto`` race uses (``auto.HeldOut``: the network predicts
+- the same J-invariant masked-pixel score the ``auto`` race uses (``scoring.HeldOut``: the network predicts
   each held-out pixel with that pixel hidden; lower is better, and it ranks results like the true error,
   Noise2Self) for the network and for the self-calibrated classical filter, on the same pixels;
 - how much the network changes its input, relative to the noise: ``rms(f(x) - x) / noise std``, about 1
@@ -56,14 +56,8 @@ def check_result(denoiser, image, axes: str | None = None):
     (``steps.py``: yields (done, total)) that returns a ``Verdict``. Seconds on a CPU (small crops)."""
     from ..data.normalize import Normalization
     from ..methods.classic import DEFAULT_DENOISERS, calibration_steps
-    from .auto import (
-        HeldOut,
-        classic_crop,
-        classic_predictor,
-        clearly_worse,
-        network_predictor,
-        noise_variance_from_data,
-    )
+    from .quality import noise_variance_from_data
+    from .scoring import HeldOut, classic_crop, classic_predictor, clearly_worse, network_predictor
 
     config = denoiser.config
     blind_radius = int(config.method_options.get("blind_radius", 0))
