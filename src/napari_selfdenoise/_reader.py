@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def get_reader(path):
-    from .core.io.images import OTHER_SUFFIXES, TIFF_SUFFIXES, is_zarr_store, other_formats_library
+    from .core.io.images import OTHER_SUFFIXES, TIFF_SUFFIXES, other_formats_library
+    from .core.io.zarr_images import is_zarr_store
 
     if isinstance(path, list):
         if len(path) != 1:

@@ -1,6 +1,6 @@
 """Big data: lazy inputs (memory-maps, zarr, dask, any array-like), training that reads only patches, and
 prediction streamed block by block into OME-Zarr / OME-TIFF that equals in-memory prediction exactly.
-Bad input: odd chunks, missing chunks, existing outputs, a disk that fills up mid-write."""
+Bad input: odd chunks, existing outputs, a disk that fills up mid-write."""
 
 from __future__ import annotations
 
@@ -139,16 +139,6 @@ def test_lazy_inputs_predict_like_numpy(nnet, stack, tmp_path, kind):
     np.testing.assert_array_equal(nnet.predict(source, tile=TILE), expected)
     nnet.predict_to(source, tmp_path / "out.ome.zarr", tile=TILE, block=BLOCK)
     np.testing.assert_array_equal(read_image(tmp_path / "out.ome.zarr").data, expected)
-
-
-def test_zarr_missing_chunks_read_as_fill_value_with_a_warning(tmp_path):
-    array = zarr.create_array(str(tmp_path / "holes.zarr"), shape=(2, 32, 32), chunks=(1, 16, 16),
-                              dtype="uint16", fill_value=7, dimension_names=("t", "y", "x"))
-    array[0] = 100  # only the first frame's chunks are written
-    with pytest.warns(UserWarning, match="4 of 8 chunks are not stored; they read as the fill value 7"):
-        image = read_image(tmp_path / "holes.zarr", lazy=True)
-    assert image.axes == "TYX" and isinstance(image.data, da.Array)
-    assert (np.asarray(image.data[1]) == 7).all() and (np.asarray(image.data[0]) == 100).all()
 
 
 # ----------------------------------------------------------------------------------- existing outputs, full disks

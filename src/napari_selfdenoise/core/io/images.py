@@ -1,4 +1,5 @@
-"""Read and write images (TIFF / OME-TIFF / ImageJ TIFF and .npy) with their axes and pixel sizes.
+"""Read and write images (TIFF / OME-TIFF / ImageJ TIFF and .npy; zarr / OME-Zarr through ``zarr_images``)
+with their axes and pixel sizes.
 
 Only numpy and tifffile (dask, and bioio or aicsimageio for other formats, imported only when asked
 for): this module is shared by the CLI and the napari plugin, so it must never import Qt or napari.
@@ -6,10 +7,8 @@ for): this module is shared by the CLI and the napari plugin, so it must never i
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import sys
-import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from ..errors import SelfDenoiseError
 from .atomic import atomic_write, check_free_space
 from .ome import SAMPLES_MARKER, ome_order, ome_tiff_metadata, short_unit
 from .outputs import is_zarr_path
+from .zarr_images import is_zarr_store, open_zarr
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif / .ome.tiff
 SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff, .npy or .zarr/.ome.zarr"
@@ -289,124 +289,23 @@ def _scale_from_imagej(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[s
 
 # ----------------------------------------------------------------------------------- zarr
 
-def is_zarr_store(path) -> bool:
-    """A zarr (v2 or v3) array or group folder that the zarr library, when installed, can open."""
-    p = Path(path)
-    return p.is_dir() and any((p / name).is_file() for name in (".zgroup", ".zarray", "zarr.json")) \
-        and importlib.util.find_spec("zarr") is not None
-
-
-_OME_AXIS_NAMES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X", "s": "S"}
-
 
 def _read_zarr(p: Path, axes: str | None, lazy: bool | None, guess: bool) -> ImageData:
-    """A zarr array or OME-Zarr image (NGFF 0.4 or 0.5: its full-resolution level), read with zarr
-    itself; lazily (a dask array over the zarr chunks) when ``lazy`` or when it is big.
-
-    Chunks that were never written read as the array's fill value, as zarr defines (writers skip
-    chunks that hold only the fill value); a warning says how many there are.
-    """
-    import zarr
-
-    try:
-        node = zarr.open(str(p), mode="r")
-        array, file_axes, scale, units = _zarr_image(p, node)
-        stored, total = array.nchunks_initialized, array.nchunks
-    except SelfDenoiseError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- zarr and its codecs raise many kinds on broken stores
-        raise SelfDenoiseError(f"cannot read {p} as zarr: {exc}") from None
-    if stored < total:
-        warnings.warn(f"{p}: {total - stored} of {total} chunks are not stored; they read as the fill value "
-                      f"{array.fill_value} (zarr's rule for chunks never written)", stacklevel=3)
-    final, guessed = _choose_axes(p, tuple(array.shape), file_axes, axes, guess)
+    """A zarr array or OME-Zarr image (``zarr_images.open_zarr``); lazily (a dask array over the zarr
+    chunks) when ``lazy`` or when it is big."""
+    store = open_zarr(p)
+    array = store.array
+    final, guessed = _choose_axes(p, tuple(array.shape), store.axes, axes, guess)
     if lazy is None:
         lazy = array.nbytes > LAZY_THRESHOLD
-    checked = _CheckedChunks(array, p)
     if lazy:
         import dask.array as da
 
-        data = da.from_array(checked, chunks=array.chunks, asarray=True, fancy=False)
+        data = da.from_array(array, chunks=array.chunks, asarray=True, fancy=False)
     else:
-        data = checked[...]
-    scale = {a: v for a, v in scale.items() if a in final}
-    return ImageData(data, final, scale, {a: u for a, u in units.items() if a in scale}, str(p), guessed)
-
-
-class _CheckedChunks:
-    """A zarr array whose reads raise one ``SelfDenoiseError`` naming the store when a chunk cannot be
-    decoded (not valid zlib/blosc data, cut short): zarr reads lazily, long after ``read_image``."""
-
-    def __init__(self, array, path):
-        self.array, self.path = array, path
-        self.shape, self.dtype, self.ndim, self.chunks = array.shape, array.dtype, array.ndim, array.chunks
-
-    def __getitem__(self, index):
-        try:
-            return self.array[index]
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 -- zlib.error, blosc's RuntimeError, ValueError on a short chunk...
-            _settle_zarr_tasks()
-            raise SelfDenoiseError(f"cannot read {self.path}: a chunk is damaged ({type(exc).__name__}: "
-                                   f"{str(exc)[:200]}); copy or write the store again") from None
-
-
-def _settle_zarr_tasks(timeout: float = 5.0) -> None:
-    """Let zarr's other chunk reads finish after one failed. zarr decodes chunks as concurrent tasks on its
-    own event loop; the first error returns at once and leaves the rest pending, and each one still pending
-    at exit prints "Task was destroyed but it is pending!" under our one-line error."""
-    import asyncio
-
-    try:
-        from zarr.core.sync import sync
-    except ImportError:  # another zarr layout: the worst case is that noise at exit
-        return
-
-    async def settle():
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        if others:
-            await asyncio.wait(others, timeout=timeout)
-
-    with contextlib.suppress(Exception):  # best effort: the damaged chunk's error is what the user must see
-        sync(settle())
-
-
-def _zarr_image(p: Path, node):
-    """(array, axes or None, scale, units) of a zarr array or an OME-Zarr group."""
-    import zarr
-
-    if isinstance(node, zarr.Array):
-        names = node.metadata.dimension_names if node.metadata.zarr_format == 3 else \
-            node.attrs.get("_ARRAY_DIMENSIONS")
-        file_axes = "".join(_OME_AXIS_NAMES.get(str(n).lower(), "?") for n in names) if names else None
-        return node, (None if file_axes is None or "?" in file_axes else file_axes), {}, {}
-    attrs = node.attrs.asdict()
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        arrays = [name for name, _ in node.arrays()]
-        if len(arrays) != 1:
-            raise SelfDenoiseError(f"{p} is a zarr group without OME-Zarr metadata and with {len(arrays)} arrays; "
-                                   "give the path of one array inside it")
-        return _zarr_image(p, node[arrays[0]])
-    image = multiscales[0]
-    level = image["datasets"][0]
-    entries = image.get("axes") or []
-    names = [e["name"] if isinstance(e, dict) else e for e in entries]
-    file_axes = "".join(_OME_AXIS_NAMES.get(str(n).lower(), "?") for n in names) or None
-    if file_axes is not None and "?" in file_axes:
-        file_axes = None
-    scale, units = {}, {}
-    factors = next((t["scale"] for t in level.get("coordinateTransformations", []) if t.get("type") == "scale"),
-                   None)
-    if file_axes and factors and len(factors) == len(file_axes):
-        for axis, factor, entry in zip(file_axes, factors, entries):
-            if axis in "ZYX" and float(factor) > 0:
-                scale[axis] = float(factor)
-                unit = entry.get("unit") if isinstance(entry, dict) else None
-                if unit:
-                    units[axis] = short_unit(unit)
-    return node[level["path"]], file_axes, scale, units
+        data = array[...]
+    scale = {a: v for a, v in store.scale.items() if a in final}
+    return ImageData(data, final, scale, {a: u for a, u in store.units.items() if a in scale}, str(p), guessed)
 
 
 # ----------------------------------------------------------------------------- other formats

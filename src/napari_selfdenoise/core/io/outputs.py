@@ -4,7 +4,7 @@ Never write over an input (not even with ``--overwrite``); an existing output ne
 the output's folder must exist and be writable; a folder of outputs (the demo's, predict's with
 several inputs) is created only when something is written into it. ``plan_output`` plans one output,
 ``plan_outputs`` one per input (``output_path_for`` names them); ``is_zarr_path`` is the one "is this
-a zarr" rule for names (``io.is_zarr_store`` looks inside a folder that exists).
+a zarr" rule for names (``io.zarr_images.is_zarr_store`` looks inside a folder that exists).
 """
 
 from __future__ import annotations
