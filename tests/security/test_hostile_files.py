@@ -34,7 +34,7 @@ from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import ModelFileError, SelfDenoiseError
 from napari_selfdenoise.core.io.images import read_image
-from napari_selfdenoise.core.trust.safetorch import read_state_dict
+from napari_selfdenoise.core.trust.state_dict import read_state_dict
 
 TINY = dict(patch=32, batch=2, features=4, depth=2, steps_per_epoch=2, seed=0, device="cpu")
 # Extra address space a child may use above what its imports took (torch alone maps ~0.8 GB): the attacks
@@ -83,7 +83,7 @@ def in_child(code: str, cwd) -> dict:
         import json, resource, sys, traceback
         import torch
         from napari_selfdenoise.core.denoiser import Denoiser
-        from napari_selfdenoise.core.trust.safetorch import read_state_dict
+        from napari_selfdenoise.core.trust.state_dict import read_state_dict
         size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size + {HEADROOM}, size + {HEADROOM}))
         result = {{}}

@@ -23,7 +23,8 @@ from napari_selfdenoise.core.data.synthetic import add_noise, fluorescence_image
 from napari_selfdenoise.core.denoiser import Denoiser
 from napari_selfdenoise.core.errors import ModelFileError, SelfDenoiseError
 from napari_selfdenoise.core.predict.predictor import Predictor
-from napari_selfdenoise.core.trust.safetorch import check_pickle, read_state_dict
+from napari_selfdenoise.core.trust.safetorch import check_pickle
+from napari_selfdenoise.core.trust.state_dict import read_state_dict
 
 TINY = {"patch": 32, "patch_z": 8, "batch": 2, "features": 4, "depth": 2, "steps_per_epoch": 3, "seed": 0,
         "device": "cpu"}

@@ -23,7 +23,7 @@ Loading never unpickles and never imports code named by the package. Every weigh
 is checked against its sha256 in rdf.yaml first (a package that claims to be ours must give one for each).
 Ours are read from the attached native file (JSON + safetensors). Foreign ones: the ``pytorch_state_dict``
 of one of this package's architectures (``napari_selfdenoise.core.nn.networks.Export*``) is data, read by
-``safetorch.read_state_dict``, and preferred; ``torchscript`` weights are code (see ``core.trust.sandbox``): they
+``state_dict.read_state_dict``, and preferred; ``torchscript`` weights are code (see ``core.trust.sandbox``): they
 are refused unless the user trusts the package (``trust_code=True``), and then checked
 (``safetorch.check_torchscript``) and run only in a child process, never here.
 

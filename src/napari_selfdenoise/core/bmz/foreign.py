@@ -21,8 +21,9 @@ from ..predict.streaming import check_target, tile_reader, write_blocks
 from ..predict.tiled import TilePlan, check_tile
 from ..steps import drain
 from ..trust.safeonnx import check_onnx, onnx_available
-from ..trust.safetorch import check_torchscript, read_state_dict
+from ..trust.safetorch import check_torchscript
 from ..trust.sandbox import ModelProcess
+from ..trust.state_dict import read_state_dict
 from .tensors import apply_step, parse_axes, step_problem
 
 if TYPE_CHECKING:
