@@ -41,10 +41,20 @@ def test_the_noise_calibration_is_shown_and_ends_within_the_time_limit(make_napa
     states, finishing = [], []
     widget.state_changed.connect(states.append)
     widget.state_changed.connect(lambda state: finishing.append(widget.status.text()) if state == "finishing" else None)
+    counted = []  # the bar during the calibration: (done, total, its text, the status line)
+    widget.progress.valueChanged.connect(lambda value: counted.append(
+        (value, widget.progress.maximum(), widget.progress.format(), widget.status.text()))
+        if widget.state == "finishing" else None)
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.state == "done" and "finishing" in states
     assert "calibrating the noise model" in finishing[0]
+    # after its announcement the calibration counts: done/total on the bar and in the status line
+    shown = [(done, total, status) for done, total, text, status in counted
+             if text.startswith("calibrating the noise model") and total > 0]
+    assert shown, counted
+    assert all(0 <= done <= total and f"{done}/{total}" in status for done, total, status in shown), shown
+    assert any(done > 0 for done, _, _ in shown), shown
     final = widget.run["last_event"]
     assert final.done and final.elapsed <= 30 + 2, f"training and calibration took {final.elapsed:.0f} s of 30 s"
     assert any("shortened to fit the time limit" in note for note in final.extra["notes"])

@@ -161,7 +161,8 @@ class TrainRun:
 
     def _render_status(self) -> None:
         detail = self.detail
-        if self.phase == "finishing":  # no progress of its own: show that it is alive, and for how long
+        reported = (self.run or {}).get("stage_progress")
+        if self.phase == "finishing" and not reported:  # no report yet: show that it is alive, and for how long
             detail += f" {duration(time.monotonic() - self.phase_started)} so far (once, after training)"
         paused = self.paused and self.phase in ACTIVE
         self.status.setText(f"Paused (press Resume) · {detail}" if paused else detail)
@@ -186,17 +187,15 @@ class TrainRun:
             self._on_preview(message)
         elif isinstance(message, Stage) and message.name != "previewing":
             self.run["stage"] = message.name
+            phase, what = STAGES.get(message.name, ("predicting", message.name.capitalize()))
+            self._set_phase(phase, f"{what}: {message.done}/{message.total}")  # first: the bar then matches it
+            self.progress.setFormat(f"{message.name} %p%")
             self.progress.setRange(0, message.total)
             self.progress.setValue(message.done)
-            self.progress.setFormat(f"{message.name} %p%")
-            phase, what = STAGES.get(message.name, ("predicting", message.name.capitalize()))
-            self._set_phase(phase, f"{what}: {message.done}/{message.total}")
 
     def _on_progress(self, event) -> None:
         if "stage" in event.extra:  # a finishing step after the last step (N-net's calibration)
-            self.run["stage"] = event.extra["stage"]
-            self.progress.setRange(0, 0)  # busy: the finishing step reports no progress of its own
-            self._set_phase("finishing", f"Training ended at step {event.step}; {event.extra['stage']}...")
+            self._on_finishing(event)
             return
         self.run["last_event"] = event
         if "scores" in event.extra:
@@ -227,6 +226,20 @@ class TrainRun:
             self._set_phase("stopping", f"Stopping after this step; then denoising with the best weights · {detail}")
         else:
             self._set_phase("running", detail)
+
+    def _on_finishing(self, event) -> None:
+        """The finishing step: announced (busy bar until its first report), then done/total."""
+        stage = self.run["stage"] = event.extra["stage"]
+        done_total = self.run["stage_progress"] = event.extra.get("stage_progress")
+        if done_total is None:
+            self.progress.setRange(0, 0)
+            self._set_phase("finishing", f"Training ended at step {event.step}; {stage}...")
+            return
+        done, total = done_total
+        self._set_phase("finishing", f"Training ended at step {event.step}; {stage}: {done}/{total}")
+        self.progress.setFormat(f"{stage} %v/%m")
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
 
     def _show_scores(self, rows: list[dict]) -> None:
         """The score table: one row per candidate (auto) or the result and the classical filter."""
