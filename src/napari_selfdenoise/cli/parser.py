@@ -8,6 +8,7 @@ devices are filled in only when help is shown (listing them imports torch).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import MISSING, fields
 
@@ -35,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Fills ``{methods}``, ``{options}`` and ``{devices}`` only when help is shown: listing them imports torch."""
+    """Fills ``{methods}``, ``{options}``, ``{option:METHOD.NAME}`` and ``{devices}`` only when help is shown:
+    listing them imports torch."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -45,6 +47,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             text = text.replace("{methods}", ", ".join(method_names(include_classic=False)))
         if "{options}" in text:
             text = text.replace("{options}", _method_options_text())
+        text = re.sub(r"\{option:(\w+)\.(\w+)\}", lambda m: _option_text(*m.groups()), text)
         if "{devices}" in text:
             from ..core.nn.device import available_devices
 
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "has calibrate=false to keep the jointly trained noise model. The options and their "
                         "defaults: {options}")
     p.add_argument("--mixture", type=int, metavar="K",
-                   help="nnet: noise model as a mixture of K Gaussians (1-3; 1 = a single Gaussian)")
+                   help="nnet only, the same as --option mixture=K: {option:nnet.mixture}")
     _add_trust_code(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
@@ -242,6 +245,15 @@ def _method_options_text() -> str:
 
     return "; ".join(f"{name}: " + ", ".join(f"{o.name}={shown(o.default)}" for o in cls.option_specs)
                      for name, cls in METHODS.items() if cls.option_specs)
+
+
+def _option_text(method: str, name: str) -> str:
+    """One option's help, range and default, from its spec (``Option``)."""
+    from ..core.methods import METHODS
+
+    option = next(o for o in METHODS[method].option_specs if o.name == name)
+    limits = option.range_text()
+    return f"{option.help} ({limits + '; ' if limits else ''}default {option.default})"
 
 
 def _add_trust_code(parser) -> None:

@@ -48,6 +48,15 @@ def test_the_cli_help_lists_every_methods_options_with_their_defaults(capsys):
     assert "nnet: mixture=1, grid_min=3" in text and "n2v2: mask_fraction=0.0625" in text
 
 
+def test_the_mixture_flag_is_described_by_its_option_spec(monkeypatch, capsys):
+    nnet = METHODS["nnet"]
+    specs = tuple(Option("mixture", 2, low=1, high=5, help="spec-made words") if o.name == "mixture" else o
+                  for o in nnet.option_specs)
+    monkeypatch.setattr(nnet, "option_specs", specs)
+    assert "--mixture K nnet only, the same as --option mixture=K: spec-made words (from 1 to 5; default 2)" \
+        in train_help(capsys)
+
+
 def test_a_registered_method_trains_and_its_export_cites_its_paper(toy, tmp_path):
     image = add_noise(fluorescence_image((64, 64), seed=3), sigma=0.15, seed=4)
     model = Denoiser("toy", "YX", steps=3, method_options={"toy_grid": 4}, **TINY).fit(image)

@@ -46,7 +46,7 @@ class NoiseModelNet(Method):
     finishing_steps = 60  # measured: 256^2 Gaussian noise, CPU, 64^2 patches, batch 16 (bootstrap ~12, refit ~48)
     option_specs = (
         Option("mixture", 1, low=1, high=3, label="noise mixture K",
-               help="N-net: Gaussians in the noise model (2-3 for skewed real noise)"),
+               help="Gaussians in the noise model (1: one Gaussian; 2-3 for skewed real noise)"),
         Option("grid_min", 3, low=2, help="smallest spacing of the random grid of masked pixels"),
         Option("grid_max", 5, low=2, help="largest spacing of the random grid of masked pixels"),
         Option("noise_features", 32, low=1, help="channels of the noise head"),
