@@ -6,7 +6,7 @@ each run has a time limit, --minutes). On the plugin's 2D sample image, through 
    plot, the live preview): train-during.png;
 2. runs auto and shoots its score table (the Scores tab): train-scores.png;
 3. shows the results side by side in napari's grid mode, named by method and steps: train-compare.png;
-4. applies the saved N-net model with the Apply model widget: apply-model.png.
+4. applies the saved N-net model with the Apply model widget, its training curves shown: apply-model.png.
 Result layers are found by their metadata (method, output), not by name: names carry steps and time.
 """
 
@@ -121,6 +121,9 @@ def take_screenshots(viewer, out: Path, steps: int = 300, minutes: float = 1.5, 
             pump(0.05)
         for layer in results(viewer, "noise_std"):
             layer.visible = False  # show the denoised result
+        apply.curves_button.setChecked(True)  # the model file's loss history and its noise curve
+        while apply.curve_worker is not None:
+            pump(0.05)
         pump(0.5)
         viewer.reset_view()
         shoot("apply-model.png")

@@ -103,17 +103,22 @@ def test_live_preview_layer_sits_on_the_source(viewer, qtbot, monkeypatch):
     monkeypatch.setattr(jobs, "PREVIEW_FIRST", 0.0)
     monkeypatch.setattr(jobs, "PREVIEW_SIZE", 64)
     widget = train_widget(viewer, steps=4)
-    seen = []
-    viewer.layers.events.inserted.connect(lambda e: seen.append(e.value))
+    seen = []  # each inserted layer as it was added: (layer, name, shape, scale, translate)
+    viewer.layers.events.inserted.connect(lambda e: seen.append(
+        (e.value, e.value.name, e.value.data.shape, tuple(e.value.scale), tuple(e.value.translate))))
     widget.start()
     wait_done(qtbot, widget)
-    preview = next(layer for layer in seen if "preview" in layer.name)
-    assert preview.data.shape == (64, 64)
+    preview, _, shape, scale, translate = next(added for added in seen if "preview" in added[1])
+    assert shape == (64, 64)
     region = jobs.preview_region((128, 128), "YX", size=64)
-    assert tuple(preview.scale) == SCALE
-    assert tuple(preview.translate) == tuple(t + r.start * s for t, r, s in zip(TRANSLATE, region, SCALE))
+    assert scale == SCALE
+    assert translate == tuple(t + r.start * s for t, r, s in zip(TRANSLATE, region, SCALE))
     assert widget.first_preview_seconds is not None
-    assert preview not in viewer.layers  # replaced by the result when training ends
+    # when training ends the preview becomes the result (no layer removed and added: a stall less)
+    assert [added[0] for added in seen] == [preview] and results(viewer)["denoised"] is preview
+    assert preview.data.shape == (128, 128) and tuple(preview.translate) == TRANSLATE
+    assert "preview" not in preview.name and viewer.layers[-1] is preview
+    assert viewer.layers.selection.active is preview
 
 
 def test_stop_ends_training_and_still_adds_the_best_result(viewer, qtbot):
