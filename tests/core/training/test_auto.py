@@ -123,3 +123,52 @@ def test_auto_hides_a_blind_radius_when_the_noise_is_shared(scene):
                        any("blind radius of 2" in n for n in notes))
         assert not model.auto.estimate.reliable or name == "independent"
     assert radii == {"shared": (2, 2, True), "independent": (0, 0, False)}
+
+
+def evaluation_scoring(value: float):
+    """An Evaluation whose score is ``value`` (every scored pixel's squared error)."""
+    from napari_selfdenoise.core.training.scoring import Evaluation
+
+    return Evaluation([np.full((1, 32, 32), value, np.float32)], [np.zeros((1, 32, 32), np.float32)])
+
+
+def test_with_a_blind_radius_a_network_needs_a_margin_over_the_classic_filter():
+    """On shared noise the score favours networks (they also learn the noise shared beyond the blind
+    radius): there a network replaces the classical filter only with a score lower by the margin, and the
+    note says why the filter was kept."""
+    from types import SimpleNamespace
+
+    classic = evaluation_scoring(100.0)
+    near = evaluation_scoring(100.0 * (1 - auto.SHARED_NOISE_MARGIN / 2))
+    far = evaluation_scoring(100.0 * (1 - 2 * auto.SHARED_NOISE_MARGIN))
+    assert auto.network_wins(near, classic, blind_radius=0) and auto.network_wins(far, classic, blind_radius=0)
+    assert not auto.network_wins(near, classic, blind_radius=2) and auto.network_wins(far, classic, blind_radius=1)
+    assert not auto.network_wins(classic, classic, blind_radius=0)
+    calibration = SimpleNamespace(denoiser="tv", parameter_name="weight", parameter=0.2)
+    note = auto.classic_kept_note(calibration, "n2s", {CLASSIC: classic, "n2s": near})
+    assert f"n2s scored {50 * auto.SHARED_NOISE_MARGIN:.1f} % below the classical filter (tv, weight 0.2)" in note
+    assert "blind radius" in note
+    assert "scored best" in auto.classic_kept_note(calibration, "n2s", {CLASSIC: near, "n2s": classic})
+
+
+def test_the_result_check_asks_the_same_margin_with_a_blind_radius(scene, monkeypatch):
+    """A trained network whose score is a little below the classical filter's is "not clearly better" with
+    a blind radius, and fine without one."""
+    from napari_selfdenoise.core.steps import drain
+    from napari_selfdenoise.core.training import scoring, verdict
+
+    _, noisy = scene
+    model = Denoiser("n2s", "YX", steps=2, patch=32, batch=2, features=8, curve_every=0)
+    model.fit(noisy)
+    evaluate = scoring.HeldOut.evaluate
+
+    def classic_scores_higher(held, predict):  # the network's prediction scores 2 % below the filter's
+        evaluate(held, predict)  # the predictor runs as it would
+        return evaluation_scoring(98.0 if predict.__qualname__.startswith("network_predictor") else 100.0)
+
+    monkeypatch.setattr(scoring.HeldOut, "evaluate", classic_scores_higher)
+    for radius, worse in ((0, False), (2, True)):
+        model.config.method_options["blind_radius"] = radius
+        found = drain(verdict.check_result(model, noisy))
+        assert found.worse is worse and found.score < found.classic_score
+        assert ("Not clearly better" in found.text()) is worse

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data.axes import make_layout
 from ..steps import drain
+from .auto import SHARED_NOISE_MARGIN, network_wins
 
 UNCHANGED_BELOW = 0.3  # rms change under this fraction of the noise std: the result "barely differs"
 WORSE_Z = 2.0  # the network's score is above the filter's by this many standard errors: "worse"
@@ -30,7 +31,7 @@ class Verdict:
     classic_score: float  # the calibrated classical filter's, on the same pixels
     classic: dict  # {denoiser, parameter_name, parameter} of that filter
     change: float  # rms(result - input) / noise std on the held-out crops
-    worse: bool  # clearly worse than the classical filter
+    worse: bool  # clearly worse than the classical filter (with a blind radius: not clearly better)
     unchanged: bool  # barely differs from the input
 
     @property
@@ -41,6 +42,10 @@ class Verdict:
         """One line for the status: what the scores say and what to do."""
         gap = 100 * (self.score / self.classic_score - 1) if self.classic_score > 0 else float("inf")
         filter_name = f"{self.classic['denoiser']} ({self.classic['parameter_name']} {self.classic['parameter']:.3g})"
+        if self.worse and gap < 0:  # lower, by less than a network needs with a blind radius (auto.network_wins)
+            return (f"Not clearly better than a classical filter: its self-supervised score is only {-gap:.1f} % "
+                    f"better than {filter_name}'s, and with a blind radius the score favours networks (they need "
+                    f"{100 * SHARED_NOISE_MARGIN:g} %). Use the classical result.")
         if self.worse:
             return (f"Not better than a classical filter: its self-supervised score is {gap:.0f} % worse than "
                     f"{filter_name}'s. Use the classical result, or train longer.")
@@ -82,7 +87,9 @@ def check_result(denoiser, image, axes: str | None = None):
     return Verdict(score=mine.score, classic_score=theirs.score,
                    classic={"denoiser": calibration.denoiser, "parameter_name": calibration.parameter_name,
                             "parameter": calibration.parameter},
-                   change=relative, worse=clearly_worse(mine, theirs, WORSE_Z), unchanged=relative < UNCHANGED_BELOW)
+                   change=relative, unchanged=relative < UNCHANGED_BELOW,
+                   worse=clearly_worse(mine, theirs, WORSE_Z)
+                   or (blind_radius > 0 and not network_wins(mine, theirs, blind_radius)))
 
 
 def _z_multiple(denoiser) -> int:
