@@ -133,6 +133,21 @@ def test_stop_ends_training_and_still_adds_the_best_result(viewer, qtbot):
     assert "stopped early" in widget.status.text()
 
 
+def test_training_imports_nothing_in_the_worker(viewer, qtbot):
+    """An import in the worker holds the GIL and freezes the viewer (torch's optimizers import torch._dynamo
+    and sympy, ~800 modules, on first use): opening the widget imports the engine. Run alone this fails
+    without that (other tests may have imported those modules before)."""
+    import sys
+
+    widget = train_widget(viewer, steps=3)
+    before = set(sys.modules)
+    widget.start()
+    wait_done(qtbot, widget)
+    new = sorted(set(sys.modules) - before)
+    assert not [m for m in new if m.startswith(("torch._dynamo", "sympy", "napari_selfdenoise"))], new
+    assert len(new) < 20, new
+
+
 def test_pause_holds_training_and_resume_continues(viewer, qtbot):
     widget = train_widget(viewer, steps=100_000)
     widget.start()

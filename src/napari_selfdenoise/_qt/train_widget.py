@@ -66,7 +66,11 @@ class TrainWidget(TrainForm, TrainRun, QWidget):
         self._restore_settings()
         self._set_running(False)
         self.destroyed.connect(stop_on_close(self))
-        # Import the engine now: an import inside the worker would hold the GIL and freeze the GUI.
+        # Import the engine now: an import inside the worker would hold the GIL and freeze the GUI. torch's
+        # optimizers import torch._dynamo (with sympy: ~800 modules, ~1 s) on their first use: in the worker
+        # that froze the viewer twice for ~0.3 s after Train (BENCHMARKS.md, B6)
+        import torch._dynamo  # noqa: F401
+
         from ..core import denoiser, jobs  # noqa: F401
         from ..core.methods import classic  # noqa: F401
         from ..core.training import auto, trainer, verdict  # noqa: F401
