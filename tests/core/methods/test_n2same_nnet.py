@@ -521,9 +521,32 @@ def test_posterior_mean_matches_a_dense_integral_for_signal_dependent_noise():
         (float(error.mean()), float(error.max()))
 
 
-def test_posterior_is_the_default_and_old_model_files_keep_their_plain_prediction(tmp_path):
-    """New N-net models predict with the posterior (option ``posterior``, stored in the file); files made
-    before the option existed do not list it and keep predicting with the network alone."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prior_variance_is_right_at_edges_where_the_prior_errs(seed):
+    """A blurred prior errs at edges. The estimated error variance there (the steepest tenth of the
+    prior) must match the true one, and the posterior must beat both the prior and the observation."""
+    from napari_selfdenoise.core.methods.nnet import posterior_mean, prior_variance
+    from napari_selfdenoise.core.nn.networks import squared_gradient
+
+    rng = np.random.default_rng(seed)
+    clean = fluorescence_image((256, 256), seed=seed).astype(np.float32)
+    blurred = ndi.gaussian_filter(clean, 1.2) + 0.02 * rng.standard_normal(clean.shape)
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    clean, prior, observed = (torch.from_numpy(np.asarray(a, np.float32))[None, None]
+                              for a in (clean, blurred, noisy))
+    head = _FixedNoise(0.1)
+    variance = prior_variance(observed, prior, head)
+    slope = squared_gradient(prior)
+    edges = slope > torch.quantile(slope.flatten(), 0.9)
+    ratio = float(variance[edges].mean() / ((clean - prior) ** 2)[edges].mean())
+    assert 0.85 < ratio < 1.2, ratio
+    mse = lambda t: float(((t - clean) ** 2).mean())
+    assert mse(posterior_mean(observed, prior, variance, head)) < 0.9 * mse(prior) < mse(observed)
+
+
+def test_posterior_option_is_stored_and_old_model_files_keep_their_plain_prediction(tmp_path):
+    """The posterior is off by default; turned on, it is stored in the model file and used after loading;
+    files made before the option existed do not list it and keep predicting with the network alone."""
     from pathlib import Path
 
     assert get_method("nnet").options["posterior"] is False

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SelfDenoiseError
-from ..nn.networks import mixture_std
+from ..nn.networks import mixture_std, squared_gradient
 from ..steps import drain
 from .base import Method
 from .blind_radius import grid_spacing
@@ -58,8 +58,9 @@ class NoiseModelNet(Method):
         BLIND_RADIUS,
         Option("posterior", False, help="predict the posterior mean of the signal under the noise model"),
     )
-    # posterior: off by default until it measures better than the plain prediction (issue 15: +0.03 dB on
-    # synthetic Poisson-Gaussian noise at 128^2, -0.04 dB at 64^2; short runs, BENCHMARKS.md pending)
+    # posterior: off by default. On B1 it gains +0.09 dB over the plain prediction for ~10x the prediction
+    # time (3^d blind-spot passes); its ceiling there, with the true local error variance, is +0.32 dB,
+    # because the blind-spot prior is 1.3 dB worse than the plain output (BENCHMARKS.md, "Posterior").
     # Model files from before ``posterior`` existed predicted with the network alone: they keep doing so.
     legacy_defaults = {"posterior": False}
 
@@ -141,7 +142,7 @@ POSTERIOR_SPACING = 3  # blind-spot grid of the posterior's J-invariant passes: 
 POSTERIOR_POINTS = 40  # signal values per pixel the posterior integral is evaluated at ...
 POSTERIOR_SPAN = 6.0  # ... spanning this many stds either side of the posterior (see posterior_mean)
 PRIOR_WINDOW = 15  # the prior's variance: residuals averaged over this Y-X window ...
-PRIOR_BINS = 16  # ... and over the pixels of the same signal level (quantile bins of the tile)
+PRIOR_BINS = 16  # ... and over the pixels of as steep a prior (quantile bins of the tile)
 
 
 def invariant_signal(net, x, spacing: int, radius: int) -> torch.Tensor:
@@ -168,14 +169,17 @@ def _local_mean(t: torch.Tensor, window: int) -> torch.Tensor:
 def prior_variance(observed, prior, head, window: int = PRIOR_WINDOW, bins: int = PRIOR_BINS) -> torch.Tensor:
     """The blind-spot prediction's error variance s^2 per pixel. The observation minus a J-invariant
     prediction is that error plus independent noise, so E[(y - mu)^2] - noise variance = s^2. One pixel's
-    residual is far too noisy an estimate; the mean over its Y-X ``window`` follows edges but is still
-    noisy, the mean over its signal level (``bins`` quantile bins) is steady but blind to edges: their
-    average did best (synthetic Gaussian and Poisson-Gaussian noise). Floored at 1 % of the noise variance."""
+    residual is far too noisy an estimate; the mean over its Y-X ``window`` follows the image but is still
+    noisy; the mean over the pixels whose prior is as steep (``bins`` quantile bins of its squared gradient)
+    is steady and high at every edge, where the error is. Their average did best (B1 and synthetic edges in
+    BENCHMARKS.md: binning by signal level instead put edges with flat areas, 0.7-0.8x the true error at
+    edges). Floored at 1 % of the noise variance."""
     noise_variance = mixture_std(*head(prior)) ** 2
     excess = (observed - prior) ** 2 - noise_variance
     local = _local_mean(excess, window).clamp_min(0)
-    level = mean_by_level(excess, prior, bins).clamp_min(0)
-    return (local + level) / 2 + 0.01 * noise_variance
+    steepness = _local_mean(squared_gradient(prior), 3)
+    alike = mean_by_level(excess, steepness, bins).clamp_min(0)
+    return (local + alike) / 2 + 0.01 * noise_variance
 
 
 def posterior_mean(observed, prior, variance, head, points: int = POSTERIOR_POINTS,
