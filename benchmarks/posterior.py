@@ -44,8 +44,8 @@ def oracle_posteriors(model, noisy, clean) -> dict[str, np.ndarray]:
         error = (truth - prior) ** 2
         out = {"prior": prior}
         for window in (1, 5):
-            variance = nnet._local_mean(error, window) if window > 1 else error
-            out[f"oracle{window}"] = nnet.posterior_mean(x, prior, variance.clamp_min(1e-8), net.noise)
+            variance = nnet.local_mean(error, window).clamp_min(1e-8)  # window 1: the pixel's own
+            out[f"oracle{window}"] = nnet.posterior_mean(x, prior, variance, net.noise)
     crop = tuple(slice(0, n) for n in noisy.shape)
     return {k: model.normalization.invert(v.numpy())[0, 0][crop] for k, v in out.items()}
 

@@ -58,7 +58,7 @@ class NoiseModelNet(Method):
         BLIND_RADIUS,
         Option("posterior", False, help="predict the posterior mean of the signal under the noise model"),
     )
-    # posterior: off by default. On B1 it gains +0.09 dB over the plain prediction for ~10x the prediction
+    # posterior: off by default. On B1 it gains +0.09 dB over the plain prediction for 12.6x the prediction
     # time (3^d blind-spot passes); its ceiling there, with the true local error variance, is +0.32 dB,
     # because the blind-spot prior is 1.3 dB worse than the plain output (BENCHMARKS.md, "Posterior").
     # Model files from before ``posterior`` existed predicted with the network alone: they keep doing so.
@@ -157,7 +157,7 @@ def invariant_signal(net, x, spacing: int, radius: int) -> torch.Tensor:
     return out
 
 
-def _local_mean(t: torch.Tensor, window: int) -> torch.Tensor:
+def local_mean(t: torch.Tensor, window: int) -> torch.Tensor:
     """Mean over a ``window`` x ``window`` Y-X neighbourhood (reflect padding; Z planes separate)."""
     pad = window // 2
     flat = t.reshape(-1, 1, *t.shape[-2:])
@@ -176,8 +176,8 @@ def prior_variance(observed, prior, head, window: int = PRIOR_WINDOW, bins: int 
     edges). Floored at 1 % of the noise variance."""
     noise_variance = mixture_std(*head(prior)) ** 2
     excess = (observed - prior) ** 2 - noise_variance
-    local = _local_mean(excess, window).clamp_min(0)
-    steepness = _local_mean(squared_gradient(prior), 3)
+    local = local_mean(excess, window).clamp_min(0)
+    steepness = local_mean(squared_gradient(prior), 3)
     alike = mean_by_level(excess, steepness, bins).clamp_min(0)
     return (local + alike) / 2 + 0.01 * noise_variance
 
@@ -240,13 +240,14 @@ def sample_mixture(signal, params, gen) -> torch.Tensor:
     return signal + offset + sigma * noise
 
 
-def mean_by_level(values, signal, bins: int = CALIBRATION_BINS) -> torch.Tensor:
-    """Each pixel's ``values`` replaced by their mean over the pixels of its signal level (quantile bins
-    per channel). One bootstrap draw per pixel is a noisy estimate of its error variance; its mean at a
-    signal level is what the noise-level function must subtract there, and an unbiased one."""
+def mean_by_level(values, key, bins: int = CALIBRATION_BINS) -> torch.Tensor:
+    """Each pixel's ``values`` replaced by their mean over the pixels at its level of ``key`` (quantile bins
+    per channel): the signal for the calibration, the prior's steepness for ``prior_variance``. One
+    bootstrap draw per pixel is a noisy estimate of its error variance; its mean at a signal level is what
+    the noise-level function must subtract there, and an unbiased one."""
     out = torch.empty_like(values)
     for c in range(values.shape[1]):
-        v, s = values[:, c].reshape(-1), signal[:, c].reshape(-1).contiguous()
+        v, s = values[:, c].reshape(-1), key[:, c].reshape(-1).contiguous()
         edges = torch.quantile(s.float(), torch.linspace(0, 1, bins + 1, device=s.device)[1:-1])
         level = torch.bucketize(s, edges)
         sums = torch.zeros(bins, dtype=v.dtype, device=v.device).index_add_(0, level, v)
