@@ -70,6 +70,9 @@ def run_neural(method, args, train, noisy, clean):
               "predict_seconds_68_images": round(predict_seconds, 1), "cpu_share": round(cpu_share, 2)}
     if args.tta:
         result["psnr_tta"] = round(evaluate(model, noisy, clean, tta=True)[0], 3)
+    if model.auto is not None:  # method auto: the race's winner and score table
+        result["auto"] = model.auto.to_dict()
+        print(model.auto.table(), flush=True)
     return result
 
 
