@@ -43,8 +43,9 @@ def method_and_options(spec: str):
     return method, parse_options(pairs)
 
 
-def train_and_predict(spec, args, noisy, axes):
-    """Train ``spec`` on the noisy image and predict it: (denoised, timings)."""
+def train_and_predict(spec, args, noisy, axes, clean=None):
+    """Train ``spec`` on the noisy image and predict it: (denoised, timings). With ``clean`` and
+    ``--variants``, the timings also hold the other inferences' scores (``inference_variants``)."""
     method, options = method_and_options(spec)
     model = Denoiser(method, axes, method_options=options, steps=args.steps, time_limit=args.minutes * 60 if args.minutes else None,
                      batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
@@ -54,15 +55,32 @@ def train_and_predict(spec, args, noisy, axes):
     train_seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     start = time.perf_counter()
     denoised = model.predict(noisy)
-    return denoised, {"steps": model.state.step, "train_seconds": round(train_seconds, 1),
-                      "seconds_per_step": round(train_seconds / model.state.step, 4),
-                      # Share of the threads this process really got: other load on the machine shows here.
-                      "cpu_share": round(cpu_seconds / (train_seconds * torch.get_num_threads()), 2),
-                      "predict_seconds": round(time.perf_counter() - start, 2)}
+    timings = {"steps": model.state.step, "train_seconds": round(train_seconds, 1),
+               "seconds_per_step": round(train_seconds / model.state.step, 4),
+               # Share of the threads this process really got: other load on the machine shows here.
+               "cpu_share": round(cpu_seconds / (train_seconds * torch.get_num_threads()), 2),
+               "predict_seconds": round(time.perf_counter() - start, 2)}
+    if clean is not None and getattr(args, "variants", False):
+        timings["variants"] = inference_variants(model, noisy, clean)
+        print(f"    {spec}, other inferences (right half): {timings['variants']}", flush=True)
+    return denoised, timings
+
+
+def inference_variants(model, noisy, clean) -> dict:
+    """The right-half PSNR of the same model with 8x TTA and, for N-net, with its posterior (without and
+    with TTA)."""
+    out = {"tta": scores(clean, model.predict(noisy, tta=True))["psnr_right_half"]}
+    if model.method is not None and "posterior" in model.method.options:
+        default = model.method.options["posterior"]
+        model.method.options["posterior"] = True
+        for name, tta in (("posterior", False), ("posterior_tta", True)):
+            out[name] = scores(clean, model.predict(noisy, tta=tta))["psnr_right_half"]
+        model.method.options["posterior"] = default
+    return out
 
 
 def run_neural(spec, args, noisy, clean, axes):
-    denoised, timings = train_and_predict(spec, args, noisy, axes)
+    denoised, timings = train_and_predict(spec, args, noisy, axes, clean)
     return {**scores(clean, denoised), **timings}
 
 
@@ -85,6 +103,8 @@ def main():
                         help="comma-separated; options after colons, e.g. n2s:blind_radius=2")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--minutes", type=float, default=None, help="wall-time cap per method and image")
+    parser.add_argument("--variants", action="store_true",
+                        help="also score each model with 8x TTA and (N-net) its posterior, right half")
     add_training_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
