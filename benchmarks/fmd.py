@@ -60,6 +60,9 @@ def train_and_predict(spec, args, noisy, axes, clean=None):
                # Share of the threads this process really got: other load on the machine shows here.
                "cpu_share": round(cpu_seconds / (train_seconds * torch.get_num_threads()), 2),
                "predict_seconds": round(time.perf_counter() - start, 2)}
+    if model.auto is not None:  # method auto: the race's winner and score table
+        timings["auto"] = model.auto.to_dict()
+        print(model.auto.table(), flush=True)
     if clean is not None and getattr(args, "variants", False):
         timings["variants"] = inference_variants(model, noisy, clean)
         print(f"    {spec}, other inferences (right half): {timings['variants']}", flush=True)
