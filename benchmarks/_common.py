@@ -76,3 +76,11 @@ def save(results: dict, out: Path | None, quiet: bool = False) -> None:
         out.write_text(text)
     if not quiet:
         print(text)
+
+
+def auto_summary(model) -> dict:
+    """Method auto: ``{"auto": its winner, score table and estimate}`` (the table also printed); else {}."""
+    if model.auto is None:
+        return {}
+    print(model.auto.table(), flush=True)
+    return {"auto": model.auto.to_dict()}

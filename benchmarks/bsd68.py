@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import torch
-from _common import add_training_arguments, base_parser, machine, psnr, save
+from _common import add_training_arguments, auto_summary, base_parser, machine, psnr, save
 from skimage.io import imread
 
 from napari_selfdenoise import Denoiser
@@ -70,10 +70,7 @@ def run_neural(method, args, train, noisy, clean):
               "predict_seconds_68_images": round(predict_seconds, 1), "cpu_share": round(cpu_share, 2)}
     if args.tta:
         result["psnr_tta"] = round(evaluate(model, noisy, clean, tta=True)[0], 3)
-    if model.auto is not None:  # method auto: the race's winner and score table
-        result["auto"] = model.auto.to_dict()
-        print(model.auto.table(), flush=True)
-    return result
+    return {**result, **auto_summary(model)}
 
 
 def run_classic(noisy, clean):

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import torch
-from _common import add_training_arguments, base_parser, machine, psnr, psnr_affine, save
+from _common import add_training_arguments, auto_summary, base_parser, machine, psnr, psnr_affine, save
 from skimage.io import imread
 
 from napari_selfdenoise import Denoiser
@@ -43,9 +43,8 @@ def method_and_options(spec: str):
     return method, parse_options(pairs)
 
 
-def train_and_predict(spec, args, noisy, axes, clean=None):
-    """Train ``spec`` on the noisy image and predict it: (denoised, timings). With ``clean`` and
-    ``--variants``, the timings also hold the other inferences' scores (``inference_variants``)."""
+def train_and_predict(spec, args, noisy, axes):
+    """Train ``spec`` on the noisy image and predict it: (denoised, timings, model)."""
     method, options = method_and_options(spec)
     model = Denoiser(method, axes, method_options=options, steps=args.steps, time_limit=args.minutes * 60 if args.minutes else None,
                      batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
@@ -55,18 +54,11 @@ def train_and_predict(spec, args, noisy, axes, clean=None):
     train_seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     start = time.perf_counter()
     denoised = model.predict(noisy)
-    timings = {"steps": model.state.step, "train_seconds": round(train_seconds, 1),
-               "seconds_per_step": round(train_seconds / model.state.step, 4),
-               # Share of the threads this process really got: other load on the machine shows here.
-               "cpu_share": round(cpu_seconds / (train_seconds * torch.get_num_threads()), 2),
-               "predict_seconds": round(time.perf_counter() - start, 2)}
-    if model.auto is not None:  # method auto: the race's winner and score table
-        timings["auto"] = model.auto.to_dict()
-        print(model.auto.table(), flush=True)
-    if clean is not None and getattr(args, "variants", False):
-        timings["variants"] = inference_variants(model, noisy, clean)
-        print(f"    {spec}, other inferences (right half): {timings['variants']}", flush=True)
-    return denoised, timings
+    return denoised, {"steps": model.state.step, "train_seconds": round(train_seconds, 1),
+                      "seconds_per_step": round(train_seconds / model.state.step, 4),
+                      # Share of the threads this process really got: other load on the machine shows here.
+                      "cpu_share": round(cpu_seconds / (train_seconds * torch.get_num_threads()), 2),
+                      "predict_seconds": round(time.perf_counter() - start, 2), **auto_summary(model)}, model
 
 
 def inference_variants(model, noisy, clean) -> dict:
@@ -83,7 +75,10 @@ def inference_variants(model, noisy, clean) -> dict:
 
 
 def run_neural(spec, args, noisy, clean, axes):
-    denoised, timings = train_and_predict(spec, args, noisy, axes, clean)
+    denoised, timings, model = train_and_predict(spec, args, noisy, axes)
+    if args.variants:
+        timings["variants"] = inference_variants(model, noisy, clean)
+        print(f"    {spec}, other inferences (right half): {timings['variants']}", flush=True)
     return {**scores(clean, denoised), **timings}
 
 

@@ -100,7 +100,7 @@ def main():
         # fmd.py's settings for the self-supervised method
         self_args = argparse.Namespace(**{**vars(args), "steps": args.self_steps, "minutes": None, "depth": 2,
                                           "features": 16, "lr": 4e-4})
-        denoised, _ = train_and_predict(args.method, self_args, noisy, axes)
+        denoised, _, _ = train_and_predict(args.method, self_args, noisy, axes)
         entry["self_supervised"] = {"method": args.method, "psnr": round(psnr(clean[right], denoised[right]), 3)}
         print(f"  supervised {entry['supervised']['psnr']:.2f} (best {entry['supervised']['best_psnr']:.2f}), "
               f"{args.method} {entry['self_supervised']['psnr']:.2f} dB on the right half", flush=True)
