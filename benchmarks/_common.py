@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_selfdenoise.core.config import TrainConfig
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
+TRAIN_DEFAULTS = TrainConfig()
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -29,7 +32,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, batch: int = 8, feat
     """The training settings every benchmark exposes (defaults: a CPU budget)."""
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--lr", type=float, default=TRAIN_DEFAULTS.lr, help="learning rate (default: the package's)")
+    parser.add_argument("--lr-decay", type=float, default=TRAIN_DEFAULTS.lr_decay,
+                        help="share of the budget at its end over which the rate decays (default: the package's)")
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--features", type=int, default=features, help=f"U-Net width (default {features})")
     parser.add_argument("--seed", type=int, default=0)

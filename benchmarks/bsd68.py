@@ -38,7 +38,7 @@ def evaluate(model, noisy, clean, tta=False) -> tuple[float, float]:
 
 def run_neural(method, args, train, noisy, clean):
     model = Denoiser(method, "SYX", time_limit=args.minutes * 60, batch=args.batch, patch=args.patch,
-                     lr=args.lr, depth=args.depth, features=args.features, steps_per_epoch=200, seed=args.seed,
+                     lr=args.lr, lr_decay=args.lr_decay, depth=args.depth, features=args.features, steps_per_epoch=200, seed=args.seed,
                      device=args.device)
     checkpoints = sorted(float(m) * 60 for m in args.checkpoints.split(",") if float(m) < args.minutes)
     curve, last = [], None
@@ -99,7 +99,7 @@ def main():
     torch.set_num_threads(args.threads)
     train, noisy, clean = load(args.data)
     results = {"benchmark": "B1 BSD68 sigma=25", "machine": machine(), "budget_minutes": args.minutes,
-               "settings": {k: getattr(args, k) for k in ("batch", "patch", "lr", "depth", "features", "seed")},
+               "settings": {k: getattr(args, k) for k in ("batch", "patch", "lr", "lr_decay", "depth", "features", "seed")},
                "input_psnr": round(float(np.mean([psnr(c, n) for n, c in zip(noisy, clean)])), 3), "methods": {}}
     print(f"input PSNR {results['input_psnr']:.2f} dB", flush=True)
     for method in args.methods.split(","):

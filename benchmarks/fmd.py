@@ -47,7 +47,7 @@ def train_and_predict(spec, args, noisy, axes):
     """Train ``spec`` on the noisy image and predict it: (denoised, timings, model)."""
     method, options = method_and_options(spec)
     model = Denoiser(method, axes, method_options=options, steps=args.steps, time_limit=args.minutes * 60 if args.minutes else None,
-                     batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
+                     batch=args.batch, patch=args.patch, lr=args.lr, lr_decay=args.lr_decay, depth=args.depth, features=args.features,
                      seed=args.seed, device=args.device, curve_every=0)
     wall, cpu = time.perf_counter(), time.process_time()
     model.fit(noisy)
@@ -106,7 +106,7 @@ def main():
     add_training_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = ("steps", "minutes", "batch", "patch", "lr", "depth", "features", "seed")
+    settings = ("steps", "minutes", "batch", "patch", "lr", "lr_decay", "depth", "features", "seed")
     results = {"benchmark": "B2 FMD single image", "machine": machine(),
                "settings": {k: getattr(args, k) for k in settings}, "samples": {}}
     for name in args.samples.split(","):

@@ -112,7 +112,7 @@ def train(method, image, axes, args, steps, mixture=None):
     if method == "nnet" and args.calibrate is not None:
         options["calibrate"] = args.calibrate == "on"
     model = Denoiser(method, axes, steps=steps, time_limit=args.minutes * 60 if args.minutes else None,
-                     batch=args.batch, patch=args.patch, lr=args.lr, depth=args.depth, features=args.features,
+                     batch=args.batch, patch=args.patch, lr=args.lr, lr_decay=args.lr_decay, depth=args.depth, features=args.features,
                      seed=args.seed, device=args.device, curve_every=0, method_options=options)
     wall, cpu = time.perf_counter(), time.process_time()
     model.fit(image)

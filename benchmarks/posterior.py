@@ -24,7 +24,7 @@ from napari_selfdenoise.core.methods import nnet
 
 def train(args, images) -> Denoiser:
     model = Denoiser("nnet", "SYX", time_limit=args.minutes * 60, batch=args.batch, patch=args.patch,
-                     lr=args.lr, depth=args.depth, features=args.features, steps_per_epoch=200, seed=args.seed)
+                     lr=args.lr, lr_decay=args.lr_decay, depth=args.depth, features=args.features, steps_per_epoch=200, seed=args.seed)
     for event in model.train(images):
         pass
     print(f"trained {event.step} steps in {event.elapsed:.0f} s", flush=True)

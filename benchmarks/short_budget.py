@@ -74,7 +74,7 @@ def main():
         print(f"{name}: input {base:.2f} dB, best Gaussian (sigma {sigma}) {gauss:.2f} dB ({gauss - base:+.2f})",
               flush=True)
         for method, options in runs:
-            model = Denoiser(method, "YX", steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
+            model = Denoiser(method, "YX", steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr, lr_decay=args.lr_decay,
                              depth=args.depth, features=args.features, seed=args.seed, device=args.device,
                              curve_every=0, method_options=options)
             start = time.perf_counter()

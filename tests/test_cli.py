@@ -123,7 +123,7 @@ def test_train_writes_model_and_summary(shared):
 def test_train_summary_line(tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", noisy_image())
     proc = run("train", tmp_path / "in.tif", "--method", "n2s", *FAST, "--val-fraction", "0.2",
-               "--lr", "1e-3", "--depth", "2", "--option", "grid=3", "--out", tmp_path / "m.sdmodel")
+               "--lr", "2e-3", "--lr-decay", "0.25", "--depth", "2", "--option", "grid=3", "--out", tmp_path / "m.sdmodel")
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert re.search(r"20 steps", last) and "validation loss" in last and "m.sdmodel" in last, last
@@ -131,6 +131,7 @@ def test_train_summary_line(tmp_path):
     assert info.returncode == 0, info.stderr
     assert re.search(r"method:\s+n2s", info.stdout)
     assert "grid=3" in info.stdout and re.search(r"20 steps", info.stdout)
+    assert "lr 0.002, falling to 0 over the last 25% of the budget" in info.stdout
 
 
 def test_info(shared):

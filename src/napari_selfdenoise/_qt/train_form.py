@@ -65,8 +65,8 @@ def labelled(choice: MethodChoice) -> list[str]:
 
 # The controls remembered between sessions (settings.py): the method, the budget, the advanced options
 # (and the method options' controls, by option name).
-REMEMBERED = ("method_picker", "steps", "minutes", "device_picker", "patch", "batch", "lr", "seed", "depth",
-              "features", "val_fraction", "tta")
+REMEMBERED = ("method_picker", "steps", "minutes", "device_picker", "patch", "batch", "lr", "lr_decay", "seed",
+              "depth", "features", "val_fraction", "tta")
 
 
 class TrainForm:
@@ -144,6 +144,7 @@ class TrainForm:
         self.patch = _config_spin("patch", low=16, high=1024, step=16)
         self.batch = _spin(1, 1024, 16, "Patches per step")
         self.lr = _config_float_spin("lr", 6, low=1e-6, high=1.0, step=1e-4)
+        self.lr_decay = _config_float_spin("lr_decay", 2, step=0.1)
         self.seed = _config_spin("seed", high=2**31 - 1)  # a Qt spin box holds 32-bit integers
         self.depth = _config_spin("depth")
         self.features = _config_spin("features", low=4, high=256)
@@ -158,7 +159,8 @@ class TrainForm:
         self.method_rows = {}
         option_rows = [(option.label, self.option_controls[option.name]) for option in shown_options(self.choices)]
         for label, widget in (("patch", self.patch), ("batch", self.batch), ("learning rate", self.lr),
-                              ("seed", self.seed), ("depth", self.depth), ("features", self.features),
+                              ("rate decay", self.lr_decay), ("seed", self.seed), ("depth", self.depth),
+                              ("features", self.features),
                               ("validation", self.val_fraction), *option_rows, ("", self.tta)):
             advanced_form.addRow(label, widget)
             self.method_rows[label] = (advanced_form.labelForField(widget), widget)
@@ -247,7 +249,7 @@ class TrainForm:
         trains = method != CLASSIC
         # The classic filters are calibrated, not trained: only the blind radius of the advanced options applies.
         for widget in (self.steps, self.minutes, self.device_picker, self.region_picker, self.patch, self.batch,
-                       self.lr, self.seed, self.depth, self.features, self.val_fraction, self.tta):
+                       self.lr, self.lr_decay, self.seed, self.depth, self.features, self.val_fraction, self.tta):
             widget.setEnabled(trains)
         for widget in (self.start_button, self.start_clear):
             widget.setEnabled(trains)
@@ -304,7 +306,8 @@ class TrainForm:
         return TrainConfig(
             method=self.method, axes=axes, steps=self.steps.value(),
             time_limit=self.minutes.value() * 60 or None, patch=self.patch.value(), batch=self.batch.value(),
-            lr=self.lr.value(), seed=self.seed.value(), depth=self.depth.value(), features=self.features.value(),
+            lr=self.lr.value(), lr_decay=self.lr_decay.value(), seed=self.seed.value(), depth=self.depth.value(),
+            features=self.features.value(),
             val_fraction=self.val_fraction.value(), device=self.device_picker.currentData(),
             curve_every=25, method_options=options,
         )

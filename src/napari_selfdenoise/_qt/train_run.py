@@ -80,8 +80,9 @@ class TrainRun:
             wanted = self.config(axes).to_dict()
             changes = {k: wanted[k] for k in ("steps", "time_limit", "patch", "batch", "seed", "val_fraction",
                                               "device", "curve_every")}
-            if wanted["lr"] != self.denoiser.config.lr:
-                changes["lr"] = wanted["lr"]
+            for key in ("lr", "lr_decay"):  # the model's own unless the user changed it
+                if wanted[key] != getattr(self.denoiser.config, key):
+                    changes[key] = wanted[key]
             self.denoiser.prepare_fine_tuning(axes, **changes)
             self.denoiser.check_axes(layer.data.shape, axes)
             run.update(method=self.denoiser.config.method, fine_tuned=True)

@@ -41,7 +41,7 @@ def cmd_info(args) -> int:
                     + _z_pooling(arch)),
         ("training", f"patch {config.patch}, batch {config.batch}"
                      + (f" in {config.accumulate} micro-batches" if config.accumulate > 1 else "")
-                     + f", lr {config.lr:g}, seed {config.seed}"
+                     + f", lr {config.lr_text()}, seed {config.seed}"
                      + (f", {', '.join(budget)}" if budget else "")),
     ]
     if config.method_options:

@@ -22,7 +22,7 @@ COMMANDS = ("train", "predict", "calibrate", "noise", "export", "demo", "info")
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
 # With --from these come from the model unless given (the network's own, depth and features, always do).
-FROM_MODEL = ("patch", "patch_z", "batch", "lr", "seed")
+FROM_MODEL = ("patch", "patch_z", "batch", "lr", "lr_decay", "seed")
 OVERWRITE_HELP = "replace outputs that exist (default: refuse); an input is never overwritten"
 
 
@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: start from this model (.sdmodel, or a bioimage.io .zip exported by "
                         "napari-selfdenoise) and continue training it on INPUT; its method, network and "
                         "normalisation are kept, the budget counts the new steps")
-    for name in ("patch", "patch_z", "batch", "accumulate", "lr", "depth", "features", "z_levels", "val_fraction",
-                 "seed"):
+    for name in ("patch", "patch_z", "batch", "accumulate", "lr", "lr_decay", "depth", "features", "z_levels",
+                 "val_fraction", "seed"):
         _config_flag(p, name)
     _config_flag(p, "device", default=DEFAULTS["device"], help="auto (default) or one of: {devices}")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -119,7 +119,8 @@ class Denoiser:
         finally:
             race, self._race = self._race, None
         winner = race.winner
-        budget = {k: getattr(self.config, k) for k in ("steps", "epochs", "time_limit")}
+        # the race set the winner's budget (and decay) to its slices: the model keeps the user's
+        budget = {k: getattr(self.config, k) for k in ("steps", "epochs", "time_limit", "lr_decay")}
         self.config = TrainConfig.from_dict({**winner.config.to_dict(), **budget})
         self.method, self.network, self.normalization = winner.method, winner.network, winner.normalization
         self.architecture, self.state, self.sample = winner.architecture, winner.state, winner.sample
@@ -417,7 +418,8 @@ class Denoiser:
     @classmethod
     def _build_from_contents(cls, contents, path) -> Denoiser:
         header = contents.header
-        config = TrainConfig.from_dict(header["config"])
+        # a file from before lr_decay trained at a constant rate: fine-tuning it keeps to that
+        config = TrainConfig.from_dict({"lr_decay": 0.0, **header["config"]})
         config.method_options = options_from_file(config.method, config.method_options)
         model = cls(config=config)
         model.architecture = check_architecture(header["architecture"], path)

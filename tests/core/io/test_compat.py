@@ -49,3 +49,15 @@ def test_old_model_file_goes_on_training(path):
     step = model.state.step
     model.fit(_maker().training_image())
     assert model.state.step == step + model.config.max_steps
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_an_old_file_keeps_its_constant_learning_rate(path):
+    """Files from before lr_decay trained at a constant rate: loaded, they fine-tune at one too (the
+    default for new models decays)."""
+    with zipfile.ZipFile(path) as archive:
+        assert "lr_decay" not in json.loads(archive.read("selfdenoise.json"))["config"]
+    model = Denoiser.load(path)
+    assert model.config.lr_decay == 0.0 and Denoiser().config.lr_decay > 0
+    model.fit(_maker().training_image())
+    assert set(model.state.history["lr"]) == {model.config.lr}

@@ -17,8 +17,10 @@ from napari_selfdenoise.core.methods import nnet
 from napari_selfdenoise.core.nn.networks import NNet
 from napari_selfdenoise.core.training import trainer
 
-SMALL = dict(patch=32, batch=8, features=8, depth=1, steps_per_epoch=1000, lr=2e-3, curve_every=0, seed=0,
-             method_options={"noise_features": 16})
+# A constant rate (lr_decay 0): after a decayed one, on this tiny net, the calibration did not improve the
+# fit and was not kept, and its note (read below for the work done) then says only that.
+SMALL = dict(patch=32, batch=8, features=8, depth=1, steps_per_epoch=1000, lr=2e-3, lr_decay=0.0, curve_every=0,
+             seed=0, method_options={"noise_features": 16})
 
 
 @pytest.fixture

@@ -334,7 +334,7 @@ and napari-selfdenoise, which trained and exported it.
 - axes of the training data: `{config.axes}` ({arch['dims']}D, {arch['in_channels']} channel(s))
 - network: {arch['dims']}D U-Net{' (N2V2 variant)' if arch.get('n2v2') else ''}, depth {arch['depth']},
   {arch['features']} features{f", N-net noise head (mixture of {arch.get('mixture')})" if arch.get('kind') == 'nnet' else ''}
-- {state.step} steps, patch {config.patch}, batch {config.batch}, learning rate {config.lr:g}, seed {config.seed};
+- {state.step} steps, patch {config.patch}, batch {config.batch}, learning rate {config.lr_text()}, seed {config.seed};
   best validation loss {loss}
 - normalisation: {denoiser.normalization.mode}, fitted on the training data and applied as this package's
   pre- and post-processing (outputs are in the input's units)

@@ -430,6 +430,14 @@ class Race:
             if seconds <= 0:  # the rungs (and scoring them) used the whole time limit
                 return False
         candidate.config.steps, candidate.config.epochs, candidate.config.time_limit = steps, None, seconds
+        # the rate decays over the end of the whole budget, so in the winner's last slice only (a candidate
+        # scored at a rung goes on from its rate): the same steps or seconds, as a share of the slice
+        shares = [0.0]
+        if end == 1 and steps is not None:
+            shares.append(step_unit / steps)
+        if end == 1 and total_time is not None:
+            shares.append(total_time / seconds)
+        candidate.config.lr_decay = min(1.0, self.config.lr_decay * max(shares))
         return True
 
     def _score(self, name, evaluation: Evaluation):

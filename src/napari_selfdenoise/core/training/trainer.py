@@ -260,6 +260,8 @@ class Trainer:
             self._prefetcher.close()
             self.running = False
             self.train_network = self.network
+            for group in optimizer.param_groups:  # a resumed run starts again from the rate before the decay
+                group["lr"] = group.pop("decay_peak", group["lr"])
             self.state.optimizer, self.state.scheduler = optimizer.state_dict(), scheduler.state_dict()
             self.network.load_state_dict(self.best_weights)
             self.network.to("cpu", memory_format=torch.contiguous_format)
@@ -275,17 +277,20 @@ class Trainer:
         recent = deque(maxlen=config.steps_per_epoch)
         unread = []  # step losses still on the device
         self._first_step, start_elapsed = state.step, state.elapsed
+        run_time = 0.0  # of this run, as of the last step (every process agrees on it)
         while True:
             # Only time spent in here counts: a paused consumer (GUI pause, evaluation) costs nothing.
             tick = clock()
             self.network.train()
+            decaying = self._decay_lr(optimizer, run_time, max_steps)
             loss = self._train_step(optimizer, gens, self._prefetcher.get())
             state.step += 1
-            out_of_time = config.time_limit is not None and self._out_of_time(state.elapsed + clock() - tick
-                                                                               - start_elapsed)
-            if self.group.active:  # one agreement per step: the mean loss, and whether any process must stop
-                total, late, stop = distributed.sum_over_processes([float(loss), out_of_time, self._stop_requested])
-                loss, out_of_time = total / self.group.world_size, late > 0
+            run_time = state.elapsed + clock() - tick - start_elapsed
+            out_of_time = config.time_limit is not None and self._out_of_time(run_time)
+            if self.group.active:  # one agreement per step: the mean loss and time, whether any process must stop
+                total, late, stop, times = distributed.sum_over_processes(
+                    [float(loss), out_of_time, self._stop_requested, run_time])
+                loss, out_of_time, run_time = total / self.group.world_size, late > 0, times / self.group.world_size
                 self._stop_requested = self._stop_requested or stop > 0
             finished = (max_steps is not None and state.step >= max_steps) or out_of_time
             ending = finished or self._stop_requested
@@ -298,7 +303,8 @@ class Trainer:
             val_loss = None
             if validating:
                 val_loss = self.validate()
-                scheduler.step(val_loss)
+                if not decaying:
+                    scheduler.step(val_loss)
                 self._record(val_loss, float(np.mean(recent)), optimizer)
             event = self._event(state, max_steps, recent, val_loss, optimizer, ending)
             if ending:
@@ -323,14 +329,38 @@ class Trainer:
                 yield self._timed(event, tick, start_elapsed)
                 break
 
+    def _decay_lr(self, optimizer, run_time: float, max_steps: int | None) -> bool:
+        """Set the rate of the step about to be taken, after ``run_time`` seconds of this run: cosine from its
+        value towards 0 over the last ``lr_decay`` of this run's budget (by steps or by time, whichever is
+        further along). True once decaying."""
+        share = self.config.lr_decay
+        if not share:
+            return False
+        done = 0.0
+        if max_steps is not None:
+            done = (self.state.step - self._first_step) / max(max_steps - self._first_step, 1)
+        if self.config.time_limit is not None:
+            done = max(done, run_time / self._training_time(run_time))
+        into = (done - (1 - share)) / share
+        if into < 0:
+            return False
+        for group in optimizer.param_groups:
+            peak = group.setdefault("decay_peak", group["lr"])
+            group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * min(into, 1.0)))
+        return True
+
     def _out_of_time(self, run_time: float) -> bool:
-        """Whether training must end after ``run_time`` seconds of this run: at the time limit less what
-        the finishing step will need."""
+        """Whether training must end after ``run_time`` seconds of this run."""
+        return run_time >= self._training_time(run_time)
+
+    def _training_time(self, run_time: float) -> float:
+        """The seconds this run trains for: the time limit less what the finishing step will need (its
+        steps at the mean step time so far, after ``run_time`` seconds)."""
         reserve = 0.0
         if self.method.finishing:
             step_time = run_time / max(self.state.step - self._first_step, 1)
             reserve = min(FINISH_SHARE * self.config.time_limit, self.method.finishing_steps * step_time)
-        return run_time + reserve >= self.config.time_limit
+        return self.config.time_limit - reserve
 
     def _finish(self, event: ProgressEvent, tick: float, start_elapsed: float):
         """The method's finishing step on the best weights, which it may change (they stay the best).
