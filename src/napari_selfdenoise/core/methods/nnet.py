@@ -300,14 +300,14 @@ def calibration_steps(net, patches, gen, blind_radius: int = 0, chunk: int = 8, 
     before = {k: v.detach().clone() for k, v in head.state_dict().items()}
     done = len(rows["signal"]) // len(phases)  # bootstrap chunks done: progress so far
     first, last, iterations = yield from _refit(head, signal, y, variance, time_left, done)
-    if not math.isfinite(last) or last > first:  # never leave the head worse than training left it
-        head.load_state_dict(before)
-        return "noise calibration did not improve the fit; the trained noise head is kept"
-    with torch.no_grad():
-        excess = float(torch.sqrt(variance.mean()) / mixture_std(*head(signal)).mean())
     shortened = "" if (done, iterations) == (len(chunks), CALIBRATION_ITERATIONS) else (
         f"; shortened to fit the time limit: {done}/{len(chunks)} bootstrap chunks, "
         f"{iterations}/{CALIBRATION_ITERATIONS} refit iterations")
+    if not math.isfinite(last) or last > first:  # never leave the head worse than training left it
+        head.load_state_dict(before)
+        return f"noise calibration did not improve the fit; the trained noise head is kept{shortened}"
+    with torch.no_grad():
+        excess = float(torch.sqrt(variance.mean()) / mixture_std(*head(signal)).mean())
     return (f"noise model calibrated on {n_hidden} hidden pixels (blind-spot error removed: "
             f"{excess:.0%} of the noise std on average){shortened}")
 
