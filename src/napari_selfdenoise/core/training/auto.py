@@ -432,12 +432,10 @@ class Race:
         candidate.config.steps, candidate.config.epochs, candidate.config.time_limit = steps, None, seconds
         # the rate decays over the end of the whole budget, so in the winner's last slice only (a candidate
         # scored at a rung goes on from its rate): the same steps or seconds, as a share of the slice
-        shares = [0.0]
-        if end == 1 and steps is not None:
-            shares.append(step_unit / steps)
-        if end == 1 and total_time is not None:
-            shares.append(total_time / seconds)
-        candidate.config.lr_decay = min(1.0, self.config.lr_decay * max(shares))
+        stretch = 0.0
+        if end == 1:
+            stretch = max(step_unit / steps if steps else 0.0, total_time / seconds if total_time else 0.0)
+        candidate.config.lr_decay = min(1.0, self.config.lr_decay * stretch)
         return True
 
     def _score(self, name, evaluation: Evaluation):
